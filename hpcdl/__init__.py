@@ -1,0 +1,28 @@
+"""hpcdl: MPI collectives and distributed training for HPC clusters.
+
+    import hpcdl
+    ctx = hpcdl.init()                 # rank, size, local_rank, node, GPU, CUDA-aware MPI
+    hpcdl.allreduce(grad, op="avg")    # in place, on numpy / torch / cupy buffers
+
+Importing hpcdl has no side effects: MPI starts at ``init()`` (or the first
+collective).
+"""
+
+from .collectives import (Handle, algorithm_names, allgather, allreduce, barrier, broadcast,
+                          reduce_scatter)
+from .errors import (CommError, ContiguityError, DeviceMismatchError, DtypeError, HpcdlError,
+                     InvalidArgumentError, MismatchError)
+from .groups import subgroup
+from .ops import ReduceOp
+from .runtime import Context, get_context, init, is_initialized
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "init", "get_context", "is_initialized", "Context",
+    "allreduce", "broadcast", "allgather", "reduce_scatter", "barrier", "Handle",
+    "algorithm_names", "subgroup", "ReduceOp",
+    "HpcdlError", "InvalidArgumentError", "DtypeError", "ContiguityError",
+    "DeviceMismatchError", "MismatchError", "CommError",
+    "__version__",
+]

@@ -1,0 +1,197 @@
+"""One adapter for every array type a collective accepts.
+
+:func:`as_buffer` turns a NumPy array, a PyTorch tensor (CPU or CUDA), a CuPy
+array, or any object exposing ``__cuda_array_interface__`` into a
+:class:`Buffer` without copying:
+
+* host memory becomes a flat NumPy view (buffer protocol; torch ``.numpy()``;
+  bfloat16 tensors are viewed through int16 as ``ml_dtypes.bfloat16``);
+* device memory is described by pointer, byte count, device and stream, from
+  ``__cuda_array_interface__`` or, for torch (whose interface refuses
+  bfloat16), from ``data_ptr()``.
+
+Nothing here imports torch or cupy: an object is recognised by its type's
+module, so a CPU-only job never pays for importing either.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import ContiguityError, DeviceMismatchError, DtypeError, InvalidArgumentError
+from .ops import SUPPORTED_DTYPES, bfloat16, check_dtype, dtype_name
+
+__all__ = ["Buffer", "as_buffer", "check_same_device", "empty_like"]
+
+_TORCH_DTYPES = {"torch.float64": "float64", "torch.float32": "float32",
+                 "torch.float16": "float16", "torch.bfloat16": "bfloat16",
+                 "torch.int32": "int32", "torch.int64": "int64"}
+
+
+@dataclass
+class Buffer:
+    """A contiguous block of elements, on the host or on one CUDA device."""
+
+    obj: Any                   # what the caller passed
+    kind: str                  # "numpy" | "torch" | "cupy" | "cuda_array_interface"
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    device: int | None         # None: host memory; else the CUDA device ordinal
+    host: np.ndarray | None    # flat zero-copy view, for host memory only
+    ptr: int                   # address of the first element
+    stream: int | None = None  # CUDA stream the producer last used (None: legacy default)
+    sync: Callable[[], None] | None = None  # waits for that producer's pending work
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    @property
+    def is_device(self) -> bool:
+        return self.device is not None
+
+    def describe(self) -> str:
+        where = "host" if self.device is None else f"cuda:{self.device}"
+        return f"{self.kind} {dtype_name(self.dtype)}{list(self.shape)} on {where}"
+
+
+def _type_module(obj: Any) -> str:
+    return type(obj).__module__.split(".")[0]
+
+
+def _host_from_numpy(a: np.ndarray, where: dict, arg: str, writable: bool) -> np.ndarray:
+    if not a.flags.c_contiguous:
+        raise ContiguityError(f"argument '{arg}' ({dtype_name(a.dtype)}{list(a.shape)}) is not "
+                              "C-contiguous; pass np.ascontiguousarray(x) or x.copy()", **where)
+    if writable and not a.flags.writeable:
+        raise InvalidArgumentError(f"argument '{arg}' is read-only but the result is written "
+                                   "into it", **where)
+    return a.reshape(-1)
+
+
+def _from_numpy(a: np.ndarray, where: dict, arg: str, writable: bool) -> Buffer:
+    check_dtype(a.dtype, None, rank=where["rank"], op_name=where["op"])
+    host = _host_from_numpy(a, where, arg, writable)
+    return Buffer(a, "numpy", a.dtype, tuple(a.shape), None, host, a.ctypes.data)
+
+
+def _from_torch(t: Any, where: dict, arg: str, writable: bool) -> Buffer:
+    import torch  # the caller already has it imported: t is a tensor
+
+    name = _TORCH_DTYPES.get(str(t.dtype))
+    if name is None:
+        raise DtypeError(f"argument '{arg}' has torch dtype {t.dtype}; supported: "
+                         f"{', '.join(SUPPORTED_DTYPES)}", **where)
+    if t.layout != torch.strided:
+        raise DtypeError(f"argument '{arg}' is a {t.layout} tensor; only dense tensors are "
+                         "supported", **where)
+    if not t.is_contiguous():
+        raise ContiguityError(f"argument '{arg}' (torch {name}{list(t.shape)}) is not "
+                              "contiguous; pass x.contiguous()", **where)
+    dtype = SUPPORTED_DTYPES[name]
+    if t.device.type == "cpu":
+        d = t.detach()
+        host = d.view(torch.int16).numpy().view(bfloat16) if name == "bfloat16" else d.numpy()
+        return Buffer(t, "torch", dtype, tuple(t.shape), None, host.reshape(-1), t.data_ptr())
+    if t.device.type == "cuda":
+        dev = t.device.index if t.device.index is not None else torch.cuda.current_device()
+        stream = torch.cuda.current_stream(dev)
+        return Buffer(t, "torch", dtype, tuple(t.shape), dev, None, t.data_ptr(),
+                      stream.cuda_stream, stream.synchronize)
+    raise DeviceMismatchError(f"argument '{arg}' is on device {t.device}; hpcdl supports cpu "
+                              "and cuda tensors", **where)
+
+
+def _cai_device(ptr: int) -> int:
+    """The CUDA device that owns ``ptr``; 0 when no GPU is present (host emulation)."""
+    from .device import backend_for
+
+    return backend_for(ptr).device_of(ptr)
+
+
+def _from_cai(obj: Any, kind: str, where: dict, arg: str, writable: bool) -> Buffer:
+    cai = obj.__cuda_array_interface__
+    shape = tuple(int(s) for s in cai["shape"])
+    try:
+        dtype = np.dtype(cai["typestr"])
+    except TypeError:
+        raise DtypeError(f"argument '{arg}' has typestr {cai['typestr']!r}", **where) from None
+    check_dtype(dtype, None, rank=where["rank"], op_name=where["op"])
+    ptr, readonly = cai["data"]
+    strides = cai.get("strides")
+    if strides is not None:
+        expect = [dtype.itemsize]
+        for s in reversed(shape[1:]):
+            expect.insert(0, expect[0] * s)
+        if any(n > 1 and int(st) != e for n, st, e in zip(shape, strides, expect)):
+            raise ContiguityError(f"argument '{arg}' ({kind} {dtype_name(dtype)}{list(shape)}, "
+                                  f"strides {tuple(strides)}) is not C-contiguous", **where)
+    if writable and readonly:
+        raise InvalidArgumentError(f"argument '{arg}' is read-only but the result is written "
+                                   "into it", **where)
+    stream = cai.get("stream")
+    size = int(np.prod(shape, dtype=np.int64))
+    device = _cai_device(ptr) if size else 0
+    sync = None
+    if stream is not None:
+        from .device import backend_for
+
+        sync = backend_for(ptr).stream_sync(stream)
+    return Buffer(obj, kind, dtype, shape, device, None, int(ptr or 0), stream, sync)
+
+
+def as_buffer(obj: Any, *, arg: str = "tensor", writable: bool = False,
+              rank: int | None = None, op: str | None = None) -> Buffer:
+    """Describe ``obj`` as a :class:`Buffer`, or raise an :class:`HpcdlError` naming ``arg``."""
+    where = {"rank": rank, "op": op}
+    if isinstance(obj, np.ndarray):
+        return _from_numpy(obj, where, arg, writable)
+    module = _type_module(obj)
+    if module == "torch":
+        return _from_torch(obj, where, arg, writable)
+    if hasattr(obj, "__cuda_array_interface__"):
+        return _from_cai(obj, "cupy" if module == "cupy" else "cuda_array_interface",
+                         where, arg, writable)
+    raise DtypeError(f"argument '{arg}' is a {type(obj).__module__}.{type(obj).__qualname__}; "
+                     "pass a numpy array, a torch tensor, a cupy array or an object with "
+                     "__cuda_array_interface__", **where)
+
+
+def check_same_device(a: Buffer, b: Buffer, *, rank: int | None, op: str) -> None:
+    if a.device != b.device:
+        raise DeviceMismatchError(f"input is {a.describe()} but output is {b.describe()}; "
+                                  "both must be on the same device", rank=rank, op=op)
+    if a.dtype != b.dtype:
+        raise DtypeError(f"input dtype {dtype_name(a.dtype)} differs from output dtype "
+                         f"{dtype_name(b.dtype)}", rank=rank, op=op)
+
+
+def empty_like(buf: Buffer, shape: tuple[int, ...], *, rank: int | None, op: str) -> Any:
+    """A new array of ``buf``'s kind, dtype and device with ``shape`` (for ``out=None``)."""
+    if buf.kind == "numpy":
+        return np.empty(shape, buf.dtype)
+    if buf.kind == "torch":
+        return buf.obj.new_empty(shape)
+    if buf.kind == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(buf.device):
+            return cupy.empty(shape, buf.dtype)
+    raise InvalidArgumentError(f"cannot allocate a result like a {buf.kind} buffer; pass out=",
+                               rank=rank, op=op)
+
+
+def host_view(ptr: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
+    """A NumPy view of ``nbytes`` of *host* memory at ``ptr`` (no copy)."""
+    if nbytes == 0:
+        return np.empty(0, dtype)
+    raw = (ctypes.c_char * nbytes).from_address(ptr)
+    return np.frombuffer(raw, dtype=np.uint8).view(dtype)

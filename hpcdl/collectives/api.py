@@ -1,0 +1,205 @@
+"""The public collectives: one spelling each.
+
+    allreduce(tensor, out=None, op="sum", algorithm="auto", comm=None, async_op=False)
+    broadcast(tensor, root=0, comm=None, async_op=False)
+    allgather(tensor, out=None, comm=None, async_op=False)
+    reduce_scatter(tensor, out=None, op="sum", comm=None, async_op=False)
+    barrier(comm=None, async_op=False)
+
+``out=None`` means in place for ``allreduce`` and a newly allocated result for
+``allgather``/``reduce_scatter``. Each returns its result buffer, or with
+``async_op=True`` a :class:`~hpcdl.collectives.handle.Handle` whose ``wait()``
+returns it. Inputs are checked on the calling rank before any communication;
+``HPCDL_DEBUG=1`` adds the check across ranks.
+
+Device buffers go to MPI directly when it is CUDA-aware (native algorithm,
+MPI-reducible dtype); otherwise through host staging buffers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from ..buffers import Buffer, as_buffer, check_same_device, empty_like
+from ..comm.base import Communicator
+from ..errors import InvalidArgumentError
+from ..ops import ReduceOp, check_dtype, dtype_name, finish_avg, is_half, parse_op
+from ..runtime import get_context
+from .debug import check_same_call, debug_enabled
+from .handle import drain, executor_for
+from .native import native_reduce_scatter
+from .registry import resolve_allreduce
+from .staging import staged
+
+__all__ = ["allreduce", "broadcast", "allgather", "reduce_scatter", "barrier", "block_counts"]
+
+
+def _comm(comm: Communicator | None) -> Communicator:
+    return get_context().comm if comm is None else comm
+
+
+def _launch(comm: Communicator, op_name: str, async_op: bool, run: Callable[[], Any]) -> Any:
+    if async_op:
+        return executor_for(comm).submit(op_name, run)
+    drain(comm)
+    return run()
+
+
+def _output(comm: Communicator, op_name: str, inp: Buffer, out: Any, count: int,
+            shape: tuple[int, ...]) -> tuple[Any, Buffer]:
+    """Check or allocate the result buffer of ``count`` elements."""
+    if out is None:
+        out = empty_like(inp, shape, rank=comm.rank, op=op_name)
+    ob = as_buffer(out, arg="out", writable=True, rank=comm.rank, op=op_name)
+    check_same_device(inp, ob, rank=comm.rank, op=op_name)
+    if ob.size != count:
+        raise InvalidArgumentError(f"argument 'out' holds {ob.size} elements "
+                                   f"({dtype_name(ob.dtype)}{list(ob.shape)}), expected {count}",
+                                   rank=comm.rank, op=op_name)
+    return out, ob
+
+
+def allreduce(tensor: Any, out: Any = None, op: "str | ReduceOp" = "sum",
+              algorithm: str = "auto", comm: Communicator | None = None,
+              async_op: bool = False) -> Any:
+    """Reduce ``tensor`` across the ranks of ``comm``; every rank gets the result.
+
+    The result goes into ``out`` when given, else into ``tensor`` itself.
+    """
+    c = _comm(comm)
+    rop = parse_op(op, rank=c.rank, op_name="allreduce")
+    inp = as_buffer(tensor, arg="tensor", writable=out is None, rank=c.rank, op="allreduce")
+    check_dtype(inp.dtype, rop, rank=c.rank, op_name="allreduce")
+    if out is None:
+        result, ob = tensor, inp
+    else:
+        result, ob = _output(c, "allreduce", inp, out, inp.size, inp.shape)
+    name, fn = resolve_allreduce(algorithm, c, inp.nbytes, inp.dtype, rank=c.rank)
+
+    def run() -> Any:
+        if debug_enabled():
+            check_same_call(c, "allreduce", shape=inp.shape, dtype=dtype_name(inp.dtype),
+                            op=rop.value, algorithm=name)
+        if inp.size and c.size > 1:
+            def work(host: np.ndarray) -> None:
+                fn(c, host, rop)
+                if rop is ReduceOp.AVG:
+                    finish_avg(host, c.size)
+            direct = None
+            if name == "native" and rop is not ReduceOp.AVG and not is_half(inp.dtype):
+                direct = lambda: c.allreduce(ob, rop)  # noqa: E731
+            staged(c, inp, ob, work, direct=direct)
+        elif inp.size and ob is not inp:
+            staged(c, inp, ob, lambda host: None)
+        return result
+
+    return _launch(c, "allreduce", async_op, run)
+
+
+def broadcast(tensor: Any, root: int = 0, comm: Communicator | None = None,
+              async_op: bool = False) -> Any:
+    """Copy ``tensor`` from rank ``root`` into ``tensor`` on every rank (in place)."""
+    c = _comm(comm)
+    if not isinstance(root, (int, np.integer)) or not 0 <= root < c.size:
+        raise InvalidArgumentError(f"root={root!r} is not a rank of this communicator "
+                                   f"(0..{c.size - 1})", rank=c.rank, op="broadcast")
+    buf = as_buffer(tensor, arg="tensor", writable=True, rank=c.rank, op="broadcast")
+
+    def run() -> Any:
+        if debug_enabled():
+            check_same_call(c, "broadcast", shape=buf.shape, dtype=dtype_name(buf.dtype),
+                            root=int(root))
+        if buf.size and c.size > 1:
+            staged(c, buf, buf, lambda host: c.bcast(host, int(root)),
+                   direct=lambda: c.bcast(buf, int(root)), copy_in=c.rank == root)
+        return tensor
+
+    return _launch(c, "broadcast", async_op, run)
+
+
+def allgather(tensor: Any, out: Any = None, comm: Communicator | None = None,
+              async_op: bool = False) -> Any:
+    """Gather every rank's ``tensor`` (same shape everywhere) into ``out[rank]``.
+
+    ``out`` holds ``size * tensor.size`` elements; allocated with shape
+    ``(size, *tensor.shape)`` when not given.
+    """
+    c = _comm(comm)
+    inp = as_buffer(tensor, arg="tensor", rank=c.rank, op="allgather")
+    result, ob = _output(c, "allgather", inp, out, c.size * inp.size, (c.size, *inp.shape))
+
+    def run() -> Any:
+        if debug_enabled():
+            check_same_call(c, "allgather", shape=inp.shape, dtype=dtype_name(inp.dtype))
+        if inp.size:
+            staged_gather(c, inp, ob)
+        return result
+
+    return _launch(c, "allgather", async_op, run)
+
+
+def staged_gather(c: Communicator, inp: Buffer, ob: Buffer) -> None:
+    # The whole result is staged; the input is read into this rank's slot first.
+    def work(host: np.ndarray) -> None:
+        mine = host[c.rank * inp.size:(c.rank + 1) * inp.size].copy()
+        c.allgather(mine, host)
+
+    from .staging import read_input_into
+
+    staged(c, ob, ob, work, direct=lambda: c.allgather(inp, ob), copy_in=False,
+           prepare=lambda host: read_input_into(c, inp, host, c.rank * inp.size))
+
+
+def block_counts(count: int, size: int) -> list[int]:
+    """How ``reduce_scatter`` splits ``count`` elements over ``size`` ranks.
+
+    Like ``numpy.array_split``: the first ``count % size`` ranks get one extra.
+    """
+    base, extra = divmod(count, size)
+    return [base + (1 if r < extra else 0) for r in range(size)]
+
+
+def reduce_scatter(tensor: Any, out: Any = None, op: "str | ReduceOp" = "sum",
+                   comm: Communicator | None = None, async_op: bool = False) -> Any:
+    """Reduce ``tensor`` across ranks and leave block ``rank`` of the result here.
+
+    The flat result is cut into ``size`` blocks by :func:`block_counts`; ``out``
+    holds this rank's block (allocated 1-D when not given).
+    """
+    c = _comm(comm)
+    rop = parse_op(op, rank=c.rank, op_name="reduce_scatter")
+    inp = as_buffer(tensor, arg="tensor", rank=c.rank, op="reduce_scatter")
+    check_dtype(inp.dtype, rop, rank=c.rank, op_name="reduce_scatter")
+    counts = block_counts(inp.size, c.size)
+    result, ob = _output(c, "reduce_scatter", inp, out, counts[c.rank], (counts[c.rank],))
+
+    def run() -> Any:
+        if debug_enabled():
+            check_same_call(c, "reduce_scatter", shape=inp.shape, dtype=dtype_name(inp.dtype),
+                            op=rop.value)
+        if inp.size:
+            from .staging import host_copy
+
+            def work(host: np.ndarray) -> None:
+                send = host_copy(c, inp)
+                native_reduce_scatter(c, send, host, counts, rop)
+                if rop is ReduceOp.AVG:
+                    finish_avg(host, c.size)
+            staged(c, ob, ob, work, copy_in=False)
+        return result
+
+    return _launch(c, "reduce_scatter", async_op, run)
+
+
+def barrier(comm: Communicator | None = None, async_op: bool = False) -> Any:
+    """Wait until every rank of ``comm`` has arrived."""
+    c = _comm(comm)
+
+    def run() -> None:
+        if debug_enabled():
+            check_same_call(c, "barrier")
+        c.barrier()
+
+    return _launch(c, "barrier", async_op, run)

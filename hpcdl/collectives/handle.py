@@ -1,0 +1,111 @@
+"""``async_op=True``: a handle, and one progress thread per communicator.
+
+MPI requires every rank to start collectives on a communicator in the same
+order. All asynchronous operations on a communicator therefore run on one
+thread, first in first out, and a blocking call first waits for that queue to
+drain, then runs on the caller's thread (no hand-off cost for the common
+blocking case). mpi4py and NumPy release the GIL while they work, so the
+progress thread overlaps with the caller's computation (the backward pass).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Callable
+
+__all__ = ["Handle", "Executor", "executor_for", "drain"]
+
+
+class Handle:
+    """The future of an asynchronous collective: ``wait()`` returns its result."""
+
+    __slots__ = ("_event", "_result", "_error", "op")
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+        self._event = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def _finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        self._result, self._error = result, error
+        self._event.set()
+
+    def test(self) -> bool:
+        """True once the operation has finished (successfully or not)."""
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until done; return the result buffer or raise the operation's error."""
+        if not self._event.wait(timeout):
+            raise TimeoutError(f"{self.op} did not finish within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def __repr__(self) -> str:
+        return f"<hpcdl.Handle {self.op} {'done' if self.test() else 'pending'}>"
+
+
+class Executor:
+    """A daemon thread that runs one communicator's async operations in order."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, op: str, fn: Callable[[], Any]) -> Handle:
+        handle = Handle(op)
+        with self._idle:
+            self._pending += 1
+        self._queue.put((fn, handle))
+        return handle
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, handle = item
+            try:
+                handle._finish(result=fn())
+            except BaseException as exc:  # noqa: BLE001 - delivered by Handle.wait()
+                handle._finish(error=exc)
+            with self._idle:
+                self._pending -= 1
+                if self._pending == 0:
+                    self._idle.notify_all()
+
+    def drain(self) -> None:
+        """Wait until every submitted operation has finished."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._pending == 0)
+
+    def close(self) -> None:
+        self.drain()
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+
+_CREATE = threading.Lock()
+
+
+def executor_for(comm: Any) -> Executor:
+    ex = comm.executor
+    if ex is None:
+        with _CREATE:
+            ex = comm.executor
+            if ex is None:
+                ex = comm.executor = Executor(f"hpcdl-progress-rank{comm.rank}")
+    return ex
+
+
+def drain(comm: Any) -> None:
+    """Let the operations already queued on ``comm`` finish before a blocking one starts."""
+    ex = comm.executor
+    if ex is not None and threading.current_thread() is not ex._thread:
+        ex.drain()

@@ -1,0 +1,179 @@
+"""The MPI backend: a thin, typed wrapper over one mpi4py communicator.
+
+Every MPI failure is re-raised as :class:`~hpcdl.errors.CommError` naming the
+rank, the operation and MPI's own error string.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence, TypeVar
+
+import numpy as np
+from mpi4py import MPI
+
+from ..buffers import Buffer
+from ..errors import CommError, DtypeError
+from ..ops import ReduceOp, dtype_name
+
+__all__ = ["MPICommunicator", "mpi_datatype"]
+
+_MPI_TYPES = {np.dtype(np.float64): MPI.DOUBLE, np.dtype(np.float32): MPI.FLOAT,
+              np.dtype(np.int32): MPI.INT32_T, np.dtype(np.int64): MPI.INT64_T}
+_MPI_OPS = {ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.MIN: MPI.MIN,
+            ReduceOp.MAX: MPI.MAX, ReduceOp.PROD: MPI.PROD}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def mpi_datatype(dtype: np.dtype) -> MPI.Datatype:
+    """The MPI datatype that *reduces* ``dtype``; float16/bfloat16 have none on purpose."""
+    try:
+        return _MPI_TYPES[dtype]
+    except KeyError:
+        raise DtypeError(f"MPI cannot reduce {dtype_name(dtype)}; upcast it first "
+                         "(hpcdl.ops.mpi_reducible)") from None
+
+
+class _DeviceBytes:
+    """Exposes a device Buffer's bytes through ``__cuda_array_interface__`` for mpi4py."""
+
+    def __init__(self, buf: Buffer) -> None:
+        self.__cuda_array_interface__ = {"shape": (buf.nbytes,), "typestr": "|u1",
+                                         "data": (buf.ptr, False), "version": 3,
+                                         "strides": None, "stream": None}
+
+
+def _spec(buf: "np.ndarray | Buffer", reduce: bool = False) -> list:
+    """``[memory, count, datatype]`` for mpi4py: typed for reductions, bytes otherwise."""
+    if isinstance(buf, Buffer):
+        if reduce:
+            return [_DeviceBytes(buf), buf.size, mpi_datatype(buf.dtype)]
+        return [_DeviceBytes(buf), buf.nbytes, MPI.BYTE]
+    if reduce:
+        return [buf, buf.size, mpi_datatype(buf.dtype)]
+    return [buf.view(np.uint8) if buf.size else np.empty(0, np.uint8), buf.nbytes, MPI.BYTE]
+
+
+def _mpi_errors(name: str) -> Callable[[F], F]:
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(self: "MPICommunicator", *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except MPI.Exception as exc:
+                raise CommError(f"MPI error: {exc.Get_error_string()}", rank=self.rank,
+                                size=self.size, op=name) from exc
+        return wrapper  # type: ignore[return-value]
+    return deco
+
+
+class _MPIRequest:
+    __slots__ = ("req", "comm")
+
+    def __init__(self, req: MPI.Request, comm: "MPICommunicator") -> None:
+        self.req = req
+        self.comm = comm
+
+    def wait(self) -> None:
+        try:
+            self.req.Wait()
+        except MPI.Exception as exc:
+            raise CommError(f"MPI error: {exc.Get_error_string()}", rank=self.comm.rank,
+                            size=self.comm.size, op="wait") from exc
+
+    def test(self) -> bool:
+        return bool(self.req.Test())
+
+
+class MPICommunicator:
+    """hpcdl's view of an mpi4py communicator (usually a Dup of COMM_WORLD)."""
+
+    def __init__(self, comm: MPI.Comm) -> None:
+        self.mpi = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self._splits: dict[str, "MPICommunicator"] = {}
+        self.executor: Any = None  # the async progress thread, created on first async_op
+        self.cuda_aware = False    # set by hpcdl.init() from the probe; inherited by splits
+
+    def __repr__(self) -> str:
+        return f"MPICommunicator(rank={self.rank}, size={self.size})"
+
+    # point-to-point ------------------------------------------------------------
+    @_mpi_errors("send")
+    def send(self, buf: np.ndarray, dest: int, tag: int = 0) -> None:
+        self.mpi.Send(_spec(buf), dest, tag)
+
+    @_mpi_errors("recv")
+    def recv(self, buf: np.ndarray, source: int, tag: int = 0) -> None:
+        self.mpi.Recv(_spec(buf), source, tag)
+
+    @_mpi_errors("sendrecv")
+    def sendrecv(self, sendbuf: np.ndarray, dest: int, recvbuf: np.ndarray, source: int,
+                 tag: int = 0) -> None:
+        self.mpi.Sendrecv(_spec(sendbuf), dest, tag, _spec(recvbuf), source, tag)
+
+    @_mpi_errors("isend")
+    def isend(self, buf: np.ndarray, dest: int, tag: int = 0) -> _MPIRequest:
+        return _MPIRequest(self.mpi.Isend(_spec(buf), dest, tag), self)
+
+    @_mpi_errors("irecv")
+    def irecv(self, buf: np.ndarray, source: int, tag: int = 0) -> _MPIRequest:
+        return _MPIRequest(self.mpi.Irecv(_spec(buf), source, tag), self)
+
+    @_mpi_errors("waitall")
+    def waitall(self, requests: Sequence[_MPIRequest]) -> None:
+        MPI.Request.Waitall([r.req for r in requests])
+
+    # collectives ---------------------------------------------------------------
+    @_mpi_errors("allreduce")
+    def allreduce(self, buf: "np.ndarray | Buffer", op: ReduceOp) -> None:
+        self.mpi.Allreduce(MPI.IN_PLACE, _spec(buf, reduce=True), _MPI_OPS[op])
+
+    @_mpi_errors("broadcast")
+    def bcast(self, buf: "np.ndarray | Buffer", root: int) -> None:
+        self.mpi.Bcast(_spec(buf), root)
+
+    @_mpi_errors("allgather")
+    def allgather(self, sendbuf: "np.ndarray | Buffer", recvbuf: "np.ndarray | Buffer") -> None:
+        recv = _spec(recvbuf)
+        recv[1] //= self.size  # MPI's receive count is per rank, not the total
+        self.mpi.Allgather(_spec(sendbuf), recv)
+
+    @_mpi_errors("reduce_scatter")
+    def reduce_scatter(self, sendbuf: np.ndarray, recvbuf: np.ndarray, counts: Sequence[int],
+                       op: ReduceOp) -> None:
+        dt = mpi_datatype(sendbuf.dtype)
+        self.mpi.Reduce_scatter([sendbuf, sendbuf.size, dt], [recvbuf, recvbuf.size, dt],
+                                list(counts), _MPI_OPS[op])
+
+    @_mpi_errors("barrier")
+    def barrier(self) -> None:
+        self.mpi.Barrier()
+
+    @_mpi_errors("allgather_object")
+    def allgather_object(self, obj: Any) -> list[Any]:
+        return self.mpi.allgather(obj)
+
+    @_mpi_errors("broadcast_object")
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
+        return self.mpi.bcast(obj, root)
+
+    # groups ------------------------------------------------------------------
+    @_mpi_errors("split")
+    def split(self, color: int, key: int, *, name: str | None = None) -> "MPICommunicator":
+        """Collective. With ``name`` the result is cached under it: every rank must pass
+        the same ``name`` for the same grouping, so that all ranks hit the cache or
+        all call MPI_Comm_split (a cache keyed on the local color would let one rank
+        skip the collective while the others wait in it)."""
+        if name is not None and name in self._splits:
+            return self._splits[name]
+        sub = MPICommunicator(self.mpi.Split(color, key))
+        sub.cuda_aware = self.cuda_aware
+        if name is not None:
+            self._splits[name] = sub
+        return sub
+
+    def abort(self, code: int = 1) -> None:
+        self.mpi.Abort(code)

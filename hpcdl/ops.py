@@ -1,0 +1,105 @@
+"""Reduction operators and the dtypes hpcdl accepts.
+
+MPI has no standard float16 or bfloat16 and no ``avg``. hpcdl therefore keeps
+the operator and dtype decisions here, in one place:
+
+* algorithms written in Python reduce with :func:`reduce_into`, which uses
+  NumPy ufuncs; for float16/bfloat16 those compute in float32 and round once
+  per step (NumPy's half loops and ml_dtypes' bfloat16 loops both do that);
+* the native MPI path upcasts float16/bfloat16 to float32 before handing the
+  data to MPI (see :func:`mpi_reducible`), so they are never reduced as raw
+  bytes or misread as FLOAT;
+* ``avg`` is a ``sum`` followed by :func:`finish_avg`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from .errors import DtypeError, InvalidArgumentError
+
+__all__ = ["ReduceOp", "SUPPORTED_DTYPES", "bfloat16", "parse_op", "check_dtype",
+           "reduce_into", "finish_avg", "mpi_reducible", "dtype_name"]
+
+bfloat16 = np.dtype(ml_dtypes.bfloat16)
+
+#: Every dtype a collective accepts, by its canonical name.
+SUPPORTED_DTYPES: dict[str, np.dtype] = {
+    "float64": np.dtype(np.float64),
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": bfloat16,
+    "int32": np.dtype(np.int32),
+    "int64": np.dtype(np.int64),
+}
+_HALF = (np.dtype(np.float16), bfloat16)
+
+
+class ReduceOp(str, enum.Enum):
+    SUM = "sum"
+    AVG = "avg"
+    MIN = "min"
+    MAX = "max"
+    PROD = "prod"
+
+    def __str__(self) -> str:  # "sum", not "ReduceOp.SUM", in messages
+        return self.value
+
+
+_UFUNC = {ReduceOp.SUM: np.add, ReduceOp.AVG: np.add, ReduceOp.MIN: np.minimum,
+          ReduceOp.MAX: np.maximum, ReduceOp.PROD: np.multiply}
+
+
+def dtype_name(dtype: Any) -> str:
+    return np.dtype(dtype).name
+
+
+def parse_op(op: "str | ReduceOp", *, rank: int | None = None, op_name: str | None = None) -> ReduceOp:
+    """Turn ``"sum"`` / ``ReduceOp.SUM`` into a :class:`ReduceOp`, or raise naming the choices."""
+    if isinstance(op, ReduceOp):
+        return op
+    try:
+        return ReduceOp(str(op).lower())
+    except ValueError:
+        choices = ", ".join(repr(o.value) for o in ReduceOp)
+        raise InvalidArgumentError(f"unknown op {op!r}; choose one of {choices}",
+                                   rank=rank, op=op_name) from None
+
+
+def check_dtype(dtype: np.dtype, op: ReduceOp | None, *, rank: int | None = None,
+                op_name: str | None = None) -> None:
+    """Raise unless ``dtype`` is supported (and, for ``avg``, floating)."""
+    if dtype not in SUPPORTED_DTYPES.values():
+        names = ", ".join(SUPPORTED_DTYPES)
+        raise DtypeError(f"dtype {dtype_name(dtype)} is not supported; use one of {names}",
+                         rank=rank, op=op_name)
+    if op is ReduceOp.AVG and dtype.kind == "i":
+        raise DtypeError(f"op 'avg' needs a floating dtype, got {dtype_name(dtype)} "
+                         "(use op='sum' and divide, to choose the rounding yourself)",
+                         rank=rank, op=op_name)
+
+
+def reduce_into(dst: np.ndarray, src: np.ndarray, op: ReduceOp) -> None:
+    """``dst = dst (op) src`` elementwise, in place. ``avg`` reduces as ``sum``."""
+    _UFUNC[op](dst, src, out=dst)
+
+
+def finish_avg(buf: np.ndarray, n: int) -> None:
+    """Turn a sum over ``n`` ranks into the mean, in place."""
+    if n != 1:
+        # Multiply by the reciprocal in float64 then cast, so float16 sums that
+        # fit do not overflow on the way (divide first is the other choice).
+        np.multiply(buf, np.float64(1.0) / n, out=buf, casting="unsafe")
+
+
+def mpi_reducible(dtype: np.dtype) -> np.dtype:
+    """The dtype MPI reduces in: float32 for the half types, the dtype itself otherwise."""
+    return np.dtype(np.float32) if dtype in _HALF else dtype
+
+
+def is_half(dtype: np.dtype) -> bool:
+    return dtype in _HALF

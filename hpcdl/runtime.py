@@ -1,0 +1,276 @@
+"""``hpcdl.init()``: who am I, where am I, what can my MPI do.
+
+The library talks on its own ``Dup`` of ``COMM_WORLD`` so its traffic never
+matches a receive the user posted on ``COMM_WORLD``. Node layout comes from
+MPI itself (``Split_type(COMM_TYPE_SHARED)``), keyed on the launcher's local
+rank where the launcher gives one so both agree; ``HPCDL_RANKS_PER_NODE=k``
+replaces it with blocks of ``k`` consecutive ranks, so that one machine can
+stand in for several nodes in tests of hierarchical algorithms.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import InvalidArgumentError
+
+__all__ = ["Context", "init", "get_context", "is_initialized", "probe_cuda_aware",
+           "launcher_env"]
+
+_LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID",
+                    "PMI_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "PALS_LOCAL_RANKID")
+_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "SLURM_PROCID", "PMI_RANK", "PMIX_RANK",
+              "MV2_COMM_WORLD_RANK", "PALS_RANKID")
+_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+@dataclass
+class Context:
+    """What ``init()`` found. ``comm`` is the communicator collectives default to."""
+
+    comm: Any                 # MPICommunicator over a Dup of COMM_WORLD
+    local_comm: Any           # the ranks on this node
+    cross_comm: Any           # the ranks with this local_rank, one per node
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    node: int
+    num_nodes: int
+    layout_source: str        # how local_rank/node were decided
+    gpu: int | None           # the CUDA device this rank is bound to
+    gpu_count: int
+    cuda_aware: bool
+    cuda_aware_reason: str
+    mpi_library: str
+    thread_level: str
+    launcher: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"Context(rank={self.rank}, size={self.size}, local_rank={self.local_rank}, "
+                f"local_size={self.local_size}, node={self.node}, num_nodes={self.num_nodes}, "
+                f"gpu={self.gpu}, cuda_aware={self.cuda_aware})")
+
+
+_CONTEXT: Context | None = None
+_LOCK = threading.Lock()
+
+
+def launcher_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The launcher's rank variables present in ``env`` (srun, mpirun, mpiexec.hydra, ...)."""
+    env = os.environ if env is None else env
+    return {k: env[k] for k in (*_RANK_VARS, *_LOCAL_RANK_VARS, *_SIZE_VARS) if k in env}
+
+
+def _first_int(env: Mapping[str, str], names: tuple[str, ...]) -> int | None:
+    for name in names:
+        value = env.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def _loaded_libmpi() -> str | None:
+    """Path of the libmpi this process actually loaded (it may not be the one on PATH)."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.rsplit(" ", 1)[-1].strip()
+                if "/libmpi.so" in path or "/libmpi_" in path and ".so" in path:
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def probe_cuda_aware(library_version: str, env: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    """Is MPI CUDA-aware? Returns ``(answer, how it was decided)``.
+
+    When unsure the answer is no: a wrong "no" costs a copy through host memory,
+    a wrong "yes" hands device pointers to an MPI that dereferences them on the
+    host and segfaults.
+    """
+    env = os.environ if env is None else env
+    forced = env.get("HPCDL_CUDA_AWARE")
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise InvalidArgumentError(f"HPCDL_CUDA_AWARE={forced!r}; use 0 or 1", op="init")
+        return forced == "1", f"HPCDL_CUDA_AWARE={forced}"
+    if "Open MPI" in library_version:
+        lib = _loaded_libmpi()
+        if lib:
+            try:
+                query = ctypes.CDLL(lib).MPIX_Query_cuda_support
+                query.restype = ctypes.c_int
+                answer = int(query())
+                return bool(answer), f"MPIX_Query_cuda_support() returned {answer}"
+            except (OSError, AttributeError):
+                pass
+        info = shutil.which("ompi_info", path=os.path.join(os.path.dirname(lib), "..", "bin")) \
+            if lib else None
+        if info:
+            out = subprocess.run([info, "--parsable", "--all"], capture_output=True, text=True,
+                                 timeout=30).stdout
+            built = "mpi_built_with_cuda_support:value:true" in out
+            return built, f"ompi_info: mpi_built_with_cuda_support={str(built).lower()}"
+        return False, "Open MPI without MPIX_Query_cuda_support or ompi_info: assuming no"
+    if env.get("MPICH_GPU_SUPPORT_ENABLED") == "1":
+        return True, "Cray MPICH with MPICH_GPU_SUPPORT_ENABLED=1"
+    if "MVAPICH" in library_version:
+        on = env.get("MV2_USE_CUDA") == "1"
+        return on, f"MVAPICH with MV2_USE_CUDA={env.get('MV2_USE_CUDA', 'unset')}"
+    if "MPICH" in library_version:
+        built = "--with-cuda" in library_version
+        enabled = env.get("MPIR_CVAR_ENABLE_GPU", "1") != "0"
+        return built and enabled, (f"MPICH built {'with' if built else 'without'} --with-cuda"
+                                   + ("" if enabled else ", MPIR_CVAR_ENABLE_GPU=0"))
+    return False, "unrecognised MPI library: assuming no"
+
+
+def _bind_gpu(local_rank: int) -> tuple[int | None, int]:
+    from .device import gpu_count
+
+    count = gpu_count()
+    if count == 0:
+        return None, 0
+    gpu = local_rank % count
+    try:
+        import cupy
+
+        cupy.cuda.Device(gpu).use()
+    except ImportError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.set_device(gpu)
+    return gpu, count
+
+
+def _abort_on_uncaught(rank: int, size: int, world: Any) -> None:
+    """One rank's uncaught exception ends the whole job (MPI_Abort), naming the rank."""
+    if os.environ.get("HPCDL_ABORT_ON_ERROR", "1") == "0":
+        return
+
+    def report_and_abort(kind: str, exc_type: type, exc: BaseException, tb: Any) -> None:
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        sys.stderr.write(f"\n[hpcdl rank {rank}/{size}] {kind}; aborting the whole job "
+                         f"(MPI_Abort):\n{text}")
+        sys.stderr.flush()
+        world.Abort(1)
+
+    previous = sys.excepthook
+
+    def excepthook(exc_type: type, exc: BaseException, tb: Any) -> None:
+        if issubclass(exc_type, KeyboardInterrupt) and size == 1:
+            previous(exc_type, exc, tb)
+            return
+        report_and_abort("uncaught exception", exc_type, exc, tb)
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        report_and_abort(f"uncaught exception in thread {args.thread.name if args.thread else '?'}",
+                         args.exc_type, args.exc_value, args.exc_traceback)  # type: ignore[arg-type]
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_hook
+
+
+def _layout(comm: Any, env: Mapping[str, str]) -> tuple[Any, int, int, str]:
+    """(local communicator, node index, node count, how it was decided)."""
+    from mpi4py import MPI
+
+    from .comm.mpi import MPICommunicator
+
+    rank, size = comm.rank, comm.size
+    per_node = env.get("HPCDL_RANKS_PER_NODE")
+    if per_node:
+        if not per_node.isdigit() or int(per_node) < 1:
+            raise InvalidArgumentError(f"HPCDL_RANKS_PER_NODE={per_node!r}; use a positive "
+                                       "integer", rank=rank, size=size, op="init")
+        k = int(per_node)
+        local = MPICommunicator(comm.mpi.Split(rank // k, rank))
+        return local, rank // k, -(-size // k), f"HPCDL_RANKS_PER_NODE={k} (emulated nodes)"
+    launcher_local = _first_int(env, _LOCAL_RANK_VARS)
+    key = rank if launcher_local is None else launcher_local
+    local = MPICommunicator(comm.mpi.Split_type(MPI.COMM_TYPE_SHARED, key=key))
+    leader = local.bcast_object(rank, root=0)
+    leaders = sorted(set(comm.allgather_object(leader)))
+    source = "MPI shared-memory split"
+    if launcher_local is not None:
+        source += (" (agrees with the launcher's local rank)" if local.rank == launcher_local
+                   else f" (launcher said local rank {launcher_local}, MPI says {local.rank})")
+    return local, leaders.index(leader), len(leaders), source
+
+
+def init(comm: Any = None) -> Context:
+    """Initialise hpcdl (idempotent) and return the :class:`Context`.
+
+    ``comm`` is an mpi4py communicator to run on instead of ``COMM_WORLD``
+    (hpcdl still works on its own Dup of it).
+    """
+    global _CONTEXT
+    with _LOCK:
+        if _CONTEXT is not None and comm is None:
+            return _CONTEXT
+        from mpi4py import MPI
+
+        from .comm.mpi import MPICommunicator
+
+        env = os.environ
+        base = MPI.COMM_WORLD if comm is None else comm
+        main = MPICommunicator(base.Dup())
+        rank, size = main.rank, main.size
+        launcher = launcher_env(env)
+        launched_size = _first_int(env, _SIZE_VARS)
+        if comm is None and size == 1 and launched_size and launched_size > 1:
+            warnings.warn(f"the launcher started {launched_size} tasks but MPI sees a job of "
+                          "1 rank: this MPI does not speak the launcher's protocol (for srun, "
+                          "try --mpi=pmix or pmi2, or use mpirun); every process now runs alone",
+                          RuntimeWarning, stacklevel=2)
+        local, node, num_nodes, source = _layout(main, env)
+        cross = main.split(local.rank, node, name="hpcdl:cross")
+        gpu, count = _bind_gpu(local.rank)
+        library = MPI.Get_library_version().strip()
+        aware, reason = probe_cuda_aware(library, env)
+        for c in (main, local, cross):
+            c.cuda_aware = aware
+        levels = {MPI.THREAD_SINGLE: "single", MPI.THREAD_FUNNELED: "funneled",
+                  MPI.THREAD_SERIALIZED: "serialized", MPI.THREAD_MULTIPLE: "multiple"}
+        ctx = Context(comm=main, local_comm=local, cross_comm=cross, rank=rank, size=size,
+                      local_rank=local.rank, local_size=local.size, node=node,
+                      num_nodes=num_nodes, layout_source=source, gpu=gpu, gpu_count=count,
+                      cuda_aware=aware, cuda_aware_reason=reason,
+                      mpi_library=library.splitlines()[0].split(", package")[0].strip(),
+                      thread_level=levels.get(MPI.Query_thread(), "?"), launcher=launcher)
+        if comm is None:
+            _abort_on_uncaught(rank, size, MPI.COMM_WORLD)
+            _CONTEXT = ctx
+            atexit.register(_shutdown, ctx)
+        return ctx
+
+
+def _shutdown(ctx: Context) -> None:
+    """Stop the async progress thread before mpi4py finalizes MPI (atexit is LIFO)."""
+    executor = getattr(ctx.comm, "executor", None)
+    if executor is not None:
+        executor.close()
+
+
+def is_initialized() -> bool:
+    return _CONTEXT is not None
+
+
+def get_context() -> Context:
+    """The default context, initialising hpcdl on first use."""
+    return _CONTEXT if _CONTEXT is not None else init()
