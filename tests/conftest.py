@@ -26,7 +26,19 @@ def gpu_available() -> bool:
         return False
 
 
+def _under_mpi(config) -> bool:
+    if config.getoption("--with-mpi", default=False):
+        return True
+    return any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"))
+
+
 def pytest_collection_modifyitems(config, items):
+    if _under_mpi(config):
+        # A test that launches its own mpiexec job runs once, in the serial pass.
+        skip_spawn = pytest.mark.skip(reason="launches its own mpiexec job: serial pass only")
+        for item in items:
+            if "spawns" in item.keywords:
+                item.add_marker(skip_spawn)
     if gpu_available():
         return
     if os.environ.get("HPCDL_REQUIRE_GPU") == "1":
