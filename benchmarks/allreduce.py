@@ -1,0 +1,145 @@
+"""Allreduce benchmark: hpcdl's algorithms against native MPI and torch gloo, same run.
+
+    hpcdl launch -n 4 -- python benchmarks/allreduce.py [--json out.json]
+        [--sizes 4,4096,...] [--algorithms auto,ring,tree] [--dtype float32]
+        [--device cpu|cuda] [--no-peers] [--budget 0.25]
+
+Columns as nccl-tests: size (bytes), count (elements), dtype, algorithm,
+time (us: median over the iterations of the slowest rank's time), algbw
+(size / time) and busbw (algbw * 2 (n - 1) / n, comparable across rank
+counts). Rows: ``hpcdl`` (``hpcdl.allreduce`` with each ``--algorithms``
+entry), ``mpi`` (``MPI_Allreduce`` in place through mpi4py) and ``gloo``
+(``torch.distributed.all_reduce``, when torch is installed). ``--device cuda``
+uses CuPy device buffers (and torch CUDA tensors with gloo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from typing import Any, Callable
+
+import numpy as np
+from mpi4py import MPI
+
+import hpcdl
+from hpcdl.tune import powers_of_4, time_op
+
+HEADER = (f"{'size(B)':>12} {'count':>11} {'dtype':>8} {'impl':>5} {'algorithm':>12} "
+          f"{'time(us)':>11} {'algbw(GB/s)':>12} {'busbw(GB/s)':>12}")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
+                   default=powers_of_4(4, 64 << 20), help="bytes, comma separated")
+    p.add_argument("--algorithms", default="auto,ring,tree",
+                   help="hpcdl algorithms to time, comma separated (hierarchical is added "
+                        "when the job spans several nodes)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16",
+                                                          "bfloat16", "int32", "int64"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--no-peers", action="store_true", help="skip native MPI and gloo")
+    p.add_argument("--budget", type=float, default=0.25,
+                   help="seconds of timed iterations per row (fewer for huge sizes)")
+    p.add_argument("--json", metavar="FILE", help="write the rows as a JSON list")
+    return p.parse_args(argv)
+
+
+def make_buffer(count: int, dtype: np.dtype, device: str) -> Any:
+    # zeros: a sum of zeros stays zero, so thousands of in-place iterations never overflow
+    if device == "cuda":
+        import cupy
+
+        return cupy.zeros(count, dtype)
+    return np.zeros(count, dtype)
+
+
+def start_gloo(comm: Any) -> Any:
+    """torch.distributed over gloo, rendezvous on a port rank 0 picks; None without torch."""
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError:
+        return None
+    # One thread per rank: OpenMP workers that spin after each gloo reduction would
+    # otherwise steal the cores from the MPI ranks timed next (ranks >= cores here).
+    torch.set_num_threads(1)
+    port = 0
+    if comm.rank == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    port = comm.bcast_object(port, 0)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", init_method="env://", rank=comm.rank, world_size=comm.size)
+    return torch
+
+
+def row(impl: str, algorithm: str, n: int, dtype: str, nbytes: int, count: int,
+        seconds: float) -> dict[str, Any]:
+    algbw = nbytes / seconds / 1e9 if seconds > 0 else 0.0
+    return {"impl": impl, "algorithm": algorithm, "ranks": n, "dtype": dtype, "bytes": nbytes,
+            "count": count, "time_us": seconds * 1e6, "algbw_GBps": algbw,
+            "busbw_GBps": algbw * 2 * (n - 1) / n}
+
+
+def show(r: dict[str, Any]) -> str:
+    return (f"{r['bytes']:>12d} {r['count']:>11d} {r['dtype']:>8} {r['impl']:>5} "
+            f"{r['algorithm']:>12} {r['time_us']:>11.1f} {r['algbw_GBps']:>12.3f} "
+            f"{r['busbw_GBps']:>12.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    ctx = hpcdl.init()
+    comm, n = ctx.comm, ctx.size
+    dtype = np.dtype(hpcdl.ops.SUPPORTED_DTYPES[args.dtype])
+    algorithms = [a for a in args.algorithms.split(",") if a]
+    if ctx.num_nodes > 1 and "hierarchical" not in algorithms:
+        algorithms.append("hierarchical")
+    torch = None if args.no_peers else start_gloo(comm)
+    mpi_type = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE,
+                np.dtype(np.int32): MPI.INT32_T, np.dtype(np.int64): MPI.INT64_T}.get(dtype)
+    if ctx.rank == 0:
+        print(f"# allreduce, {n} ranks ({ctx.num_nodes} node(s)), {ctx.mpi_library}, "
+              f"device {args.device}, hpcdl algorithms {','.join(algorithms)}")
+        print(HEADER, flush=True)
+    rows: list[dict[str, Any]] = []
+    for nbytes in args.sizes:
+        count = max(1, nbytes // dtype.itemsize)
+        nbytes = count * dtype.itemsize
+        buf = make_buffer(count, dtype, args.device)
+        # big messages: fewer iterations (at least 5), so 64 MiB at 4 ranks stays ~1 s a row
+        budget = args.budget if nbytes < (4 << 20) else args.budget * 2
+        cases: list[tuple[str, str, Callable[[], Any]]] = [
+            ("hpcdl", a, (lambda a=a: hpcdl.allreduce(buf, algorithm=a))) for a in algorithms]
+        if not args.no_peers and mpi_type is not None:
+            host = buf if args.device == "cpu" else None
+            if host is not None:
+                cases.append(("mpi", "native",
+                              lambda: comm.mpi.Allreduce(MPI.IN_PLACE, [host, mpi_type], MPI.SUM)))
+        if torch is not None:
+            tensor = torch.from_numpy(buf) if args.device == "cpu" else torch.as_tensor(buf)
+            cases.append(("gloo", "gloo", lambda: torch.distributed.all_reduce(tensor)))
+        for impl, algorithm, fn in cases:
+            seconds = time_op(comm, fn, budget_s=budget, min_iters=5, max_iters=2000)
+            r = row(impl, algorithm, n, args.dtype, nbytes, count, seconds)
+            rows.append(r)
+            if ctx.rank == 0:
+                print(show(r), flush=True)
+    if torch is not None:
+        torch.distributed.destroy_process_group()
+    if ctx.rank == 0 and args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+        print(f"# wrote {args.json}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

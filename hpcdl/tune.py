@@ -1,0 +1,187 @@
+"""``hpcdl tune``: measure allreduce crossovers on this machine; write the table ``auto`` uses.
+
+    hpcdl tune                          # launches itself at 2, 3 and 4 ranks
+    hpcdl tune --ranks 2,4 --out t.json
+    hpcdl launch -n 8 -- hpcdl tune     # inside a job: measures at the job's size
+
+For every rank count, dtype class (``float``: float32 timings; ``half``:
+float16) and message size (4 B to 16 MiB by powers of 4, or ``--sizes``), it
+times each flat algorithm (``native``, ``ring``, ``tree``; ``hierarchical``
+too when the job spans several nodes), takes the fastest, and merges the
+resulting ``[max_bytes, algorithm]`` rules into the JSON table at ``--out``
+(default ``~/.cache/hpcdl/tuning.json``, where ``auto`` looks; see
+:mod:`hpcdl.collectives.select`). A boundary between two measured sizes is
+put at their geometric mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+__all__ = ["main", "time_op", "rules_from_timings", "merge_rules", "powers_of_4"]
+
+
+def powers_of_4(lo: int, hi: int) -> list[int]:
+    sizes, s = [], lo
+    while s <= hi:
+        sizes.append(s)
+        s *= 4
+    return sizes
+
+
+def time_op(comm: Any, fn: Callable[[], Any], *, budget_s: float = 0.2, min_iters: int = 5,
+            max_iters: int = 1000, warmup: int = 3) -> float:
+    """Median seconds per call of the collective ``fn``, the slowest rank's time each call.
+
+    Collective over ``comm`` (an :class:`~hpcdl.comm.mpi.MPICommunicator`): every
+    rank runs the same number of iterations, chosen from the slowest rank's
+    warm-up so that the loop takes about ``budget_s``.
+    """
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    est = np.array([(time.perf_counter() - t0) / max(warmup, 1)])
+    comm.allreduce(est, _max())
+    iters = int(min(max_iters, max(min_iters, budget_s / max(float(est[0]), 1e-9))))
+    times = np.empty(iters)
+    comm.barrier()
+    clock = time.perf_counter
+    for i in range(iters):
+        start = clock()
+        fn()
+        times[i] = clock() - start
+    comm.allreduce(times, _max())
+    return float(np.median(times))
+
+
+def _max() -> Any:
+    from .ops import ReduceOp
+
+    return ReduceOp.MAX
+
+
+def rules_from_timings(timings: dict[int, dict[str, float]]) -> list[list[Any]]:
+    """``{bytes: {algorithm: seconds}}`` -> ``[[max_bytes, fastest], ..., [None, fastest]]``."""
+    sizes = sorted(timings)
+    winners = [min(timings[s], key=timings[s].get) for s in sizes]
+    rules: list[list[Any]] = []
+    for i, (size, name) in enumerate(zip(sizes, winners)):
+        if i + 1 < len(sizes) and winners[i + 1] == name:
+            continue
+        limit = None if i + 1 == len(sizes) else int(math.sqrt(size * sizes[i + 1]))
+        rules.append([limit, name])
+    return rules
+
+
+def merge_rules(path: Path, ranks: int, kind_rules: dict[str, list[list[Any]]],
+                source: str) -> dict[str, Any]:
+    """Put the rules for ``ranks`` into the table at ``path`` (created if missing)."""
+    from .collectives.select import DEFAULT_TABLE, validate_table
+
+    base = path if path.is_file() else DEFAULT_TABLE
+    table = json.loads(base.read_text())
+    if base != path:
+        table = {"version": 1, "source": "", "rules": {}}
+    for kind, rules in kind_rules.items():
+        table["rules"].setdefault(kind, {})[str(ranks)] = rules
+    table["source"] = source
+    validate_table(table, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=1) + "\n")
+    os.replace(tmp, path)
+    return table
+
+
+def _measure(args: argparse.Namespace) -> int:
+    import hpcdl
+    from .collectives import select
+    from .collectives.registry import ALLREDUCE
+
+    ctx = hpcdl.init()
+    comm = ctx.comm
+    algorithms = ["native", "ring", "tree"] + (["hierarchical"] if ctx.num_nodes > 1 else [])
+    algorithms = [a for a in algorithms if a in ALLREDUCE]
+    budget = 0.02 if args.quick else 0.1
+    kinds = {"float": np.float32, "half": np.float16}
+    found: dict[str, list[list[Any]]] = {}
+    for kind, dtype in kinds.items():
+        timings: dict[int, dict[str, float]] = {}
+        for nbytes in args.sizes:
+            buf = np.zeros(max(1, nbytes // np.dtype(dtype).itemsize), dtype)
+            timings[nbytes] = {}
+            for name in algorithms:
+                def call(name: str = name) -> None:
+                    hpcdl.allreduce(buf, algorithm=name, comm=comm)
+                timings[nbytes][name] = time_op(comm, call, budget_s=budget,
+                                                min_iters=3 if args.quick else 5)
+            if ctx.rank == 0 and not args.quiet:
+                row = "  ".join(f"{a} {t * 1e6:9.1f}" for a, t in timings[nbytes].items())
+                print(f"n={comm.size} {kind:5s} {nbytes:>10d} B  {row} us", flush=True)
+        found[kind] = rules_from_timings(timings)
+    if ctx.rank == 0:
+        source = (f"hpcdl tune on {socket.gethostname()}, "
+                  f"{datetime.datetime.now().isoformat(timespec='seconds')}, {ctx.mpi_library}")
+        merge_rules(Path(args.out), comm.size, found, source)
+        print(f"n={comm.size}: {json.dumps(found)} -> {args.out}", flush=True)
+    select.reload()
+    return 0
+
+
+def _in_job() -> bool:
+    return any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK",
+                                         "SLURM_STEP_ID"))
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    from .collectives.select import user_table_path
+
+    p = argparse.ArgumentParser(prog="hpcdl tune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ranks", default="2,3,4",
+                   help="rank counts to tune when run outside a job (default 2,3,4)")
+    p.add_argument("--out", default=str(user_table_path()),
+                   help="table to write or update (default %(default)s)")
+    p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
+                   default=powers_of_4(4, 16 << 20), help="message sizes in bytes, comma separated")
+    p.add_argument("--quick", action="store_true", help="short timings (smoke test)")
+    p.add_argument("--quiet", action="store_true", help="print only the resulting rules")
+    return p.parse_args(list(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    if _in_job():
+        return _measure(args)
+    ranks = [int(r) for r in args.ranks.split(",") if r.strip()]
+    launcher = Path(sys.executable).with_name("hpcdl")
+    cmd_head = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "hpcdl"]
+    passthrough = ["--out", args.out, "--sizes", ",".join(map(str, args.sizes))]
+    passthrough += ["--quick"] * args.quick + ["--quiet"] * args.quiet
+    for n in ranks:
+        if n < 2:
+            continue
+        cmd = [*cmd_head, "launch", "-n", str(n), "--", "python", "-m", "hpcdl.tune",
+               *passthrough]
+        print(f"hpcdl tune: measuring at {n} ranks: {' '.join(cmd)}", flush=True)
+        rc = subprocess.call(cmd)
+        if rc:
+            print(f"hpcdl tune: the {n}-rank run failed (exit {rc})", file=sys.stderr)
+            return rc
+    print(f"hpcdl tune: wrote {args.out}; 'auto' uses it (HPCDL_TUNING_FILE overrides)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
