@@ -1,0 +1,136 @@
+"""Pipelined host staging of device buffers (MPI not CUDA-aware).
+
+Without a GPU, fake CUDA arrays (host memory behind ``__cuda_array_interface__``)
+take the device path with :class:`~hpcdl.device.HostEmulation`, whose copies
+are synchronous. :class:`LazyStreams` below is the adversary: it runs every
+queued copy as late as the recorded dependencies allow, so a missing event
+wait in the pipeline reads stale or overwritten data and fails the test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import hpcdl
+from hpcdl.buffers import as_buffer
+from hpcdl.collectives.staging import staged_pipeline
+from hpcdl.device import HostEmulation
+
+from conftest import FakeCudaArray
+
+
+@pytest.mark.parametrize("algorithm", hpcdl.algorithm_names())
+@pytest.mark.parametrize("chunk_bytes", [24, 1000, 1 << 20])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int64"])
+def test_staged_allreduce_of_fake_device_buffers(ctx, rng, monkeypatch, algorithm, chunk_bytes,
+                                                 dtype):
+    monkeypatch.setenv("HPCDL_STAGING_CHUNK_BYTES", str(chunk_bytes))
+    n = 1001  # odd: the last chunk is partial
+    mine = (rng.integers(1, 9, n) if dtype == "int64" else rng.integers(-8, 8, n) / 4).astype(dtype)
+    every = np.empty(ctx.size * n, mine.dtype)
+    ctx.comm.allgather(mine.copy(), every)
+    host = mine.copy()
+    hpcdl.allreduce(FakeCudaArray(host), op="sum", algorithm=algorithm, comm=ctx.comm)
+    out = np.full(n, -1, mine.dtype)
+    src = mine.copy()
+    hpcdl.allreduce(FakeCudaArray(src), out=FakeCudaArray(out), op="max", algorithm=algorithm,
+                    comm=ctx.comm)
+    expect = every.reshape(ctx.size, n).astype(np.float64).sum(0)
+    np.testing.assert_array_equal(host.astype(np.float64), expect)
+    np.testing.assert_array_equal(out, every.reshape(ctx.size, n).max(0))
+    np.testing.assert_array_equal(src, mine)  # the input is only read
+
+
+class LazyStreams(HostEmulation):
+    """Asynchronous streams on the CPU: copies run only when something waits on them."""
+
+    name = "lazy-streams"
+
+    class Stream:
+        def __init__(self) -> None:
+            self.queue: list = []   # pending callables
+            self.done = 0           # how many have run
+
+        def run_until(self, upto: int) -> None:
+            while self.done < upto:
+                op = self.queue[self.done]
+                self.done += 1
+                op()
+
+    def new_stream(self, device):
+        return LazyStreams.Stream()
+
+    def to_host_async(self, buf, dst, start, stream):
+        stream.queue.append(lambda: self.to_host(buf, dst, start))
+
+    def from_host_async(self, src, buf, start, stream):
+        snapshot_target = src  # reads the slot when it runs, not now: that is the hazard
+        stream.queue.append(lambda: self.from_host(snapshot_target, buf, start))
+
+    def record(self, stream):
+        return (stream, len(stream.queue))
+
+    def event_wait(self, event):
+        stream, upto = event
+        stream.run_until(upto)
+
+    def stream_wait(self, stream, event):
+        other, upto = event
+        stream.queue.append(lambda: other.run_until(upto))
+
+
+@pytest.mark.parametrize("n,chunk_elems,slots", [(1, 4, 3), (10, 4, 3), (1001, 7, 3),
+                                                 (1001, 64, 2), (1001, 7, 1), (64, 64, 3)])
+@pytest.mark.parametrize("copy_in", [True, False])
+def test_pipeline_orders_copies_under_adversarial_streams(n, chunk_elems, slots, copy_in):
+    from hpcdl.comm.fake import run_ranks
+
+    data = np.arange(1, n + 1, dtype=np.float64)
+    out = np.full(n, np.nan)
+    seen: list[np.ndarray] = []
+
+    def work(chunk: np.ndarray) -> None:
+        seen.append(chunk.copy())
+        if copy_in:
+            chunk *= 2.0
+        else:
+            chunk[...] = np.arange(chunk.size) + 1000.0 * len(seen)
+
+    def body(comm):
+        inp = as_buffer(FakeCudaArray(data))
+        ob = as_buffer(FakeCudaArray(out), writable=True)
+        staged_pipeline(comm, inp, ob, work, chunk_bytes=chunk_elems * 8, copy_in=copy_in,
+                        backend=LazyStreams(), slots=slots)
+
+    run_ranks(1, body)
+    if copy_in:
+        np.testing.assert_array_equal(np.concatenate(seen), data)  # every chunk arrived first
+        np.testing.assert_array_equal(out, 2.0 * data)
+    else:
+        expect = np.concatenate([np.arange(s.size) + 1000.0 * (i + 1) for i, s in enumerate(seen)])
+        np.testing.assert_array_equal(out, expect)
+    assert len(seen) == -(-n // chunk_elems)
+
+
+def test_pipeline_catches_a_missing_wait():
+    """The adversary is strong enough: a pipeline without the D2H wait fails it."""
+    backend = LazyStreams()
+    stream = backend.new_stream(0)
+    src = np.arange(8.0)
+    host = np.zeros(8)
+    backend.to_host_async(as_buffer(FakeCudaArray(src)), host, 0, stream)
+    assert (host == 0).all()  # not waited: nothing copied yet
+    backend.event_wait(backend.record(stream))
+    np.testing.assert_array_equal(host, src)
+
+
+def test_chunk_size_variable_is_checked(monkeypatch):
+    from hpcdl.collectives.staging import staging_chunk_bytes
+    from hpcdl.errors import InvalidArgumentError
+
+    monkeypatch.setenv("HPCDL_STAGING_CHUNK_BYTES", "4k")
+    with pytest.raises(InvalidArgumentError, match="HPCDL_STAGING_CHUNK_BYTES"):
+        staging_chunk_bytes()
+    monkeypatch.delenv("HPCDL_STAGING_CHUNK_BYTES")
+    assert staging_chunk_bytes() == 4 << 20
