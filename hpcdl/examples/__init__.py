@@ -1,0 +1,1 @@
+"""Runnable examples: ``python -m hpcdl.examples.train`` is the main job."""
