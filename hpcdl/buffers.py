@@ -17,6 +17,7 @@ module, so a CPU-only job never pays for importing either.
 from __future__ import annotations
 
 import ctypes
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -42,17 +43,21 @@ class Buffer:
     shape: tuple[int, ...]
     device: int | None         # None: host memory; else the CUDA device ordinal
     host: np.ndarray | None    # flat zero-copy view, for host memory only
-    ptr: int                   # address of the first element
+    address: int | None        # address of the first element (None: computed on demand)
     stream: int | None = None  # CUDA stream the producer last used (None: legacy default)
     sync: Callable[[], None] | None = None  # waits for that producer's pending work
 
     @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+    def ptr(self) -> int:
+        """Address of the first element (looked up lazily for host arrays: it costs ~3 us)."""
+        if self.address is None:
+            self.address = int(self.host.__array_interface__["data"][0])  # type: ignore[union-attr]
+        return self.address
 
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
+    def __post_init__(self) -> None:
+        # computed once: these are read several times per collective, on the hot path
+        self.size: int = math.prod(self.shape)
+        self.nbytes: int = self.size * self.dtype.itemsize
 
     @property
     def is_device(self) -> bool:
@@ -80,7 +85,7 @@ def _host_from_numpy(a: np.ndarray, where: dict, arg: str, writable: bool) -> np
 def _from_numpy(a: np.ndarray, where: dict, arg: str, writable: bool) -> Buffer:
     check_dtype(a.dtype, None, rank=where["rank"], op_name=where["op"])
     host = _host_from_numpy(a, where, arg, writable)
-    return Buffer(a, "numpy", a.dtype, tuple(a.shape), None, host, a.ctypes.data)
+    return Buffer(a, "numpy", a.dtype, a.shape, None, host, None)
 
 
 def _from_torch(t: Any, where: dict, arg: str, writable: bool) -> Buffer:
@@ -138,7 +143,7 @@ def _from_cai(obj: Any, kind: str, where: dict, arg: str, writable: bool) -> Buf
         raise InvalidArgumentError(f"argument '{arg}' is read-only but the result is written "
                                    "into it", **where)
     stream = cai.get("stream")
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     device = _cai_device(ptr) if size else 0
     sync = None
     if stream is not None:

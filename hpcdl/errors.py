@@ -8,6 +8,8 @@ its message starts with both, so a line in a 64-rank log says where it came from
 
 from __future__ import annotations
 
+import functools
+
 __all__ = [
     "HpcdlError",
     "InvalidArgumentError",
@@ -32,6 +34,12 @@ class HpcdlError(RuntimeError):
             f"hpcdl rank {rank}" if size is None else f"hpcdl rank {rank}/{size}")
         prefix = f"[{where}] " + (f"{op}: " if op else "")
         super().__init__(prefix + message)
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt from the parts, so an error that crosses processes (pickled by
+        # mpi4py or multiprocessing) keeps its message without a second prefix.
+        return (functools.partial(type(self), rank=self.rank, size=self.size, op=self.op),
+                (self.reason,))
 
 
 class InvalidArgumentError(HpcdlError, ValueError):

@@ -74,6 +74,9 @@ def check_dtype(dtype: np.dtype, op: ReduceOp | None, *, rank: int | None = None
                 op_name: str | None = None) -> None:
     """Raise unless ``dtype`` is supported (and, for ``avg``, floating)."""
     if dtype not in SUPPORTED_DTYPES.values():
+        if dtype.newbyteorder("=") in SUPPORTED_DTYPES.values():  # '>f4' is named float32 too
+            raise DtypeError(f"dtype {dtype.str} has non-native byte order; convert it with "
+                             "x.astype(x.dtype.newbyteorder('='))", rank=rank, op=op_name)
         names = ", ".join(SUPPORTED_DTYPES)
         raise DtypeError(f"dtype {dtype_name(dtype)} is not supported; use one of {names}",
                          rank=rank, op=op_name)

@@ -261,10 +261,11 @@ def init(comm: Any = None) -> Context:
 
 
 def _shutdown(ctx: Context) -> None:
-    """Stop the async progress thread before mpi4py finalizes MPI (atexit is LIFO)."""
-    executor = getattr(ctx.comm, "executor", None)
-    if executor is not None:
-        executor.close()
+    """Finish every communicator's async queue and stop its progress thread before
+    mpi4py finalizes MPI (its finalizer runs after Python's atexit handlers)."""
+    from .collectives.handle import close_all
+
+    close_all()
 
 
 def is_initialized() -> bool:

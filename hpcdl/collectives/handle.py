@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from typing import Any, Callable
 
-__all__ = ["Handle", "Executor", "executor_for", "drain"]
+__all__ = ["Handle", "Executor", "executor_for", "drain", "close_all"]
 
 
 class Handle:
@@ -55,8 +56,10 @@ class Executor:
         self._queue: queue.Queue = queue.Queue()
         self._pending = 0
         self._idle = threading.Condition()
+        self.closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+        _ALL.add(self)
 
     def submit(self, op: str, fn: Callable[[], Any]) -> Handle:
         handle = Handle(op)
@@ -86,22 +89,37 @@ class Executor:
             self._idle.wait_for(lambda: self._pending == 0)
 
     def close(self) -> None:
+        """Finish the queue, then stop the thread (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
         self.drain()
         self._queue.put(None)
         self._thread.join(timeout=10)
+        _ALL.discard(self)
 
 
 _CREATE = threading.Lock()
+# Every live executor, so that exit can finish them all (not only the default
+# communicator's): a progress thread still inside MPI when MPI_Finalize runs
+# crashes the process.
+_ALL: "weakref.WeakSet[Executor]" = weakref.WeakSet()
 
 
 def executor_for(comm: Any) -> Executor:
     ex = comm.executor
-    if ex is None:
+    if ex is None or ex.closed:
         with _CREATE:
             ex = comm.executor
-            if ex is None:
+            if ex is None or ex.closed:
                 ex = comm.executor = Executor(f"hpcdl-progress-rank{comm.rank}")
     return ex
+
+
+def close_all() -> None:
+    """Let every communicator's queued operations finish and stop the threads (at exit)."""
+    for ex in list(_ALL):
+        ex.close()
 
 
 def drain(comm: Any) -> None:

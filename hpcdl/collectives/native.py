@@ -2,7 +2,9 @@
 
 float16 and bfloat16 are upcast to float32 before MPI sees them (MPI has no
 standard type for either; summing them as raw bytes or as FLOAT would be
-wrong), reduced in float32, and rounded back once.
+wrong), reduced in float32, and rounded back once. For ``avg`` the division
+happens in float32 too, before that rounding: a sum of float16 values can
+overflow where their mean does not ("divide first to avoid FP16 overflow").
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from typing import Sequence
 import numpy as np
 
 from ..comm.base import Communicator
-from ..ops import ReduceOp, mpi_reducible
+from ..ops import ReduceOp, finish_avg, mpi_reducible
 
-__all__ = ["native_allreduce", "native_reduce_scatter"]
+__all__ = ["native_allreduce", "native_allreduce_avg", "native_reduce_scatter"]
 
 
 def native_allreduce(comm: Communicator, buf: np.ndarray, op: ReduceOp) -> None:
@@ -28,12 +30,28 @@ def native_allreduce(comm: Communicator, buf: np.ndarray, op: ReduceOp) -> None:
     np.copyto(buf, tmp, casting="unsafe")
 
 
+def native_allreduce_avg(comm: Communicator, buf: np.ndarray) -> None:
+    """In place, the finished mean: summed and divided in the MPI-reducible dtype."""
+    wide = mpi_reducible(buf.dtype)
+    tmp = buf if wide == buf.dtype else buf.astype(wide)
+    comm.allreduce(tmp, ReduceOp.SUM)
+    finish_avg(tmp, comm.size)
+    if tmp is not buf:
+        np.copyto(buf, tmp, casting="unsafe")
+
+
 def native_reduce_scatter(comm: Communicator, sendbuf: np.ndarray, recvbuf: np.ndarray,
                           counts: Sequence[int], op: ReduceOp) -> None:
+    """``recvbuf`` gets this rank's block; unlike the allreduce algorithms, ``avg``
+    comes back finished (divided before the half types are rounded)."""
     wide = mpi_reducible(sendbuf.dtype)
     if wide == sendbuf.dtype:
         comm.reduce_scatter(sendbuf, recvbuf, counts, op)
+        if op is ReduceOp.AVG:
+            finish_avg(recvbuf, comm.size)
         return
     out = np.empty(recvbuf.size, wide)
     comm.reduce_scatter(sendbuf.astype(wide), out, counts, op)
+    if op is ReduceOp.AVG:
+        finish_avg(out, comm.size)
     np.copyto(recvbuf, out, casting="unsafe")

@@ -1,0 +1,205 @@
+"""``async_op=True`` handles, and subgroups via ``hpcdl.subgroup`` and ``comm=``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import hpcdl
+from conftest import FakeCudaArray
+from hpcdl.collectives import registry
+from hpcdl.comm import run_ranks
+from numpy_reference import Failures, all_inputs, close, reduce_reference
+
+
+def test_handle_wait_returns_the_result(ctx):
+    x = np.full(1009, ctx.rank + 1.0)
+    h = hpcdl.allreduce(x, op="sum", async_op=True)
+    assert isinstance(h, hpcdl.Handle)
+    res = h.wait()
+    assert res is x and h.test()
+    assert h.wait() is x  # waiting again is harmless
+    np.testing.assert_array_equal(x, np.full(1009, ctx.size * (ctx.size + 1) / 2))
+    assert "done" in repr(h)
+
+
+def test_test_polls_until_done(ctx):
+    h = hpcdl.allreduce(np.ones(1 << 16, np.float32), async_op=True)
+    polls = 0
+    while not h.test():
+        polls += 1
+        assert polls < 10_000_000
+    np.testing.assert_array_equal(h.wait(), np.full(1 << 16, ctx.size, np.float32))
+
+
+def test_several_outstanding_every_collective(ctx):
+    """Many operations in flight at once, waited in order (and one out of order)."""
+    xs = all_inputs(11, ctx.size, (257,), "float32")
+    bufs = [xs[ctx.rank].copy() * (i + 1) for i in range(4)]
+    handles = [hpcdl.allreduce(b, op="sum", async_op=True) for b in bufs]
+    root = ctx.size - 1
+    bc = xs[ctx.rank].copy()
+    hb = hpcdl.broadcast(bc, root=root, async_op=True)
+    hg = hpcdl.allgather(torch.from_numpy(xs[ctx.rank].copy()), async_op=True)
+    hr = hpcdl.reduce_scatter(xs[ctx.rank].copy(), op="max", async_op=True)
+    hbar = hpcdl.barrier(async_op=True)
+    gathered = hg.wait()  # out of order: the queue still ran in submission order
+    results = [h.wait() for h in handles]
+    rs = hr.wait()
+    hb.wait()
+    assert hbar.wait() is None
+    ref = reduce_reference(xs, "sum")
+    for i, r in enumerate(results):
+        close(r, (ref.astype(np.float64) * (i + 1)).astype(np.float32),
+              [x * (i + 1) for x in xs], "sum")
+    np.testing.assert_array_equal(bc, xs[root])
+    np.testing.assert_array_equal(gathered.numpy(), np.stack(xs))
+    counts = hpcdl.collectives.block_counts(257, ctx.size)
+    start = sum(counts[:ctx.rank])
+    np.testing.assert_array_equal(rs, np.max(xs, axis=0)[start:start + counts[ctx.rank]])
+
+
+def test_mixing_async_and_blocking(ctx):
+    """A blocking call waits for queued async ones, so all ranks keep the same order."""
+    f = Failures()
+    a = np.full(100, float(ctx.rank))
+    b = np.full(100, 1.0)
+    c = np.full(100, 2.0)
+    ha = hpcdl.allreduce(a, async_op=True)
+    hpcdl.allreduce(b)  # blocking, while a may still be queued
+    hc = hpcdl.allreduce(c, op="max", async_op=True)
+    d = hpcdl.broadcast(np.full(3, float(ctx.rank)), root=0)
+    f.check("blocking", lambda: np.testing.assert_array_equal(b, np.full(100, ctx.size)))
+    f.expect("async done before the next blocking call returned", ha.test())
+    ha.wait()
+    hc.wait()
+    f.check("async a", lambda: np.testing.assert_array_equal(a, np.full(100, sum(range(ctx.size)))))
+    f.check("async c", lambda: np.testing.assert_array_equal(c, np.full(100, 2.0)))
+    f.check("broadcast", lambda: np.testing.assert_array_equal(d, np.zeros(3)))
+    f.assert_none()
+
+
+def test_async_on_fake_cuda_arrays(ctx):
+    h = np.full(50, 1.5, np.float32)
+    o = np.zeros((ctx.size, 50), np.float32)
+    h1 = hpcdl.allreduce(FakeCudaArray(h), op="avg", async_op=True)
+    h2 = hpcdl.allgather(FakeCudaArray(h), out=FakeCudaArray(o), async_op=True)
+    h1.wait()
+    h2.wait()
+    np.testing.assert_array_equal(h, np.full(50, 1.5, np.float32))
+    np.testing.assert_array_equal(o, np.full((ctx.size, 50), 1.5, np.float32))
+
+
+def test_local_errors_raise_at_the_call_not_at_wait(ctx):
+    with pytest.raises(hpcdl.DtypeError):
+        hpcdl.allreduce(np.zeros(3, np.complex64), async_op=True)
+    with pytest.raises(hpcdl.InvalidArgumentError):
+        hpcdl.broadcast(np.zeros(3), root=ctx.size, async_op=True)
+
+
+def test_error_inside_an_async_op_surfaces_at_wait(monkeypatch):
+    """An algorithm that fails on the progress thread: wait() raises it, test() is True,
+    and the communicator's queue keeps serving later operations."""
+    def broken(comm, buf, op):
+        raise hpcdl.CommError("link down on purpose", rank=comm.rank, size=comm.size,
+                              op="allreduce")
+    monkeypatch.setitem(registry.ALLREDUCE, "broken-for-test", broken)
+
+    def body(comm):
+        h = hpcdl.allreduce(np.ones(4), algorithm="broken-for-test", comm=comm, async_op=True)
+        after = hpcdl.allreduce(np.ones(4), comm=comm, async_op=True)
+        try:
+            h.wait()
+            err = None
+        except hpcdl.CommError as exc:
+            err = exc
+        result = err, h.test(), after.wait(), hpcdl.allreduce(np.ones(2), comm=comm)
+        comm.executor.close()  # stop this fake rank's progress thread
+        return result
+
+    for size in (2, 3):
+        for rank, (err, done, after, blocking) in enumerate(run_ranks(size, body, timeout=20)):
+            assert err is not None and f"rank {rank}/{size}" in str(err)
+            assert "link down on purpose" in str(err) and done
+            np.testing.assert_array_equal(after, np.full(4, size))
+            np.testing.assert_array_equal(blocking, np.full(2, size))
+
+
+def test_a_closed_executor_is_replaced():
+    """After close() (what exit does) a new async op gets a fresh progress thread."""
+    def body(comm):
+        first = hpcdl.allreduce(np.ones(3), comm=comm, async_op=True).wait().copy()
+        old = comm.executor
+        old.close()
+        old.close()  # idempotent
+        second = hpcdl.allreduce(np.ones(3), comm=comm, async_op=True).wait()
+        replaced = comm.executor is not old and not comm.executor.closed
+        comm.executor.close()
+        return first, second, replaced
+
+    for first, second, replaced in run_ranks(2, body, timeout=20):
+        assert replaced
+        np.testing.assert_array_equal(first, np.full(3, 2.0))
+        np.testing.assert_array_equal(second, np.full(3, 2.0))
+
+
+def test_wait_timeout_names_the_operation():
+    h = hpcdl.Handle("allreduce")
+    with pytest.raises(TimeoutError, match="allreduce"):
+        h.wait(timeout=0.01)
+    assert not h.test() and "pending" in repr(h)
+
+
+# --- subgroups -----------------------------------------------------------------
+
+def test_subgroups(ctx):
+    f = Failures()
+    evens = list(range(0, ctx.size, 2))
+    odds = list(range(1, ctx.size, 2))
+    backwards = list(reversed(range(ctx.size)))
+    ge = hpcdl.subgroup(evens)
+    go = hpcdl.subgroup(odds)
+    gb = hpcdl.subgroup(backwards)
+    again = hpcdl.subgroup(evens)
+    f.expect("cached", again is ge)
+    mine = ge if ctx.rank % 2 == 0 else go
+    f.expect("membership", (ge is None) == (ctx.rank % 2 == 1) and (go is None) == (ctx.rank % 2 == 0))
+    group = evens if ctx.rank % 2 == 0 else odds
+    f.expect("rank in subgroup", mine.rank == group.index(ctx.rank) and mine.size == len(group))
+    f.expect("backwards rank", gb.rank == ctx.size - 1 - ctx.rank)
+
+    x = np.full(7, float(ctx.rank))
+    hpcdl.allreduce(x, comm=mine)
+    f.check("allreduce over my parity", lambda: np.testing.assert_array_equal(x, np.full(7, sum(group))))
+    b = np.full(3, float(ctx.rank))
+    hpcdl.broadcast(b, root=0, comm=gb)  # root 0 of the backwards group is the last rank
+    f.check("broadcast root 0 = world's last", lambda: np.testing.assert_array_equal(b, np.full(3, ctx.size - 1.0)))
+    g = hpcdl.allgather(np.array([ctx.rank], np.int64), comm=gb)
+    f.check("allgather order follows the group", lambda: np.testing.assert_array_equal(g.reshape(-1), backwards))
+    h = hpcdl.allreduce(np.ones(5, np.float32), op="avg", comm=mine, async_op=True)
+    rs = hpcdl.reduce_scatter(np.arange(10, dtype=np.float64), comm=gb)
+    f.check("async on a subgroup", lambda: np.testing.assert_array_equal(h.wait(), np.ones(5)))
+    counts = hpcdl.collectives.block_counts(10, ctx.size)
+    start = sum(counts[:gb.rank])
+    f.check("reduce_scatter on a subgroup", lambda: np.testing.assert_array_equal(
+        rs, ctx.size * np.arange(10.0)[start:start + counts[gb.rank]]))
+    hpcdl.barrier(comm=mine)
+    f.assert_none()
+
+
+def test_subgroup_of_one_rank(ctx):
+    solo = hpcdl.subgroup([ctx.size - 1])
+    if ctx.rank == ctx.size - 1:
+        x = np.arange(4.0)
+        hpcdl.allreduce(x, comm=solo, op="prod")
+        np.testing.assert_array_equal(x, np.arange(4.0))
+        assert solo.size == 1
+    else:
+        assert solo is None
+
+
+def test_bad_subgroup(ctx):
+    for ranks in ([0, 0], [ctx.size], [-1]):
+        with pytest.raises(hpcdl.InvalidArgumentError, match=f"rank {ctx.rank}.*distinct ranks"):
+            hpcdl.subgroup(ranks)
