@@ -27,12 +27,12 @@ demo: setup
 test: setup test-serial test-mpi
 
 test-serial: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --color=no tests
 
 test-mpi: setup
 	@for n in $(RANKS); do \
 	  echo "== pytest under mpiexec, $$n rank(s) =="; \
-	  timeout 1200 $(HPCDL) launch -n $$n -- python -m pytest -q -p no:cacheprovider --with-mpi tests || exit 1; \
+	  timeout 1200 $(HPCDL) launch -n $$n -- python -m pytest -q -p no:cacheprovider --color=no --with-mpi tests || exit 1; \
 	done
 
 bench: setup

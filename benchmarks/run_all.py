@@ -37,6 +37,8 @@ class Benchmark:
 
 BENCHMARKS: list[Benchmark] = [
     Benchmark("allreduce", "allreduce.py", plot=lambda rows, out: plot_busbw(rows, out)),
+    # samples/s of hpcdl's DistributedOptimizer vs DDP over gloo, same job
+    Benchmark("train_throughput", "train_throughput.py"),
 ]
 
 

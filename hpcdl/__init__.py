@@ -9,7 +9,7 @@ collective).
 """
 
 from .collectives import (Handle, algorithm_names, allgather, allreduce, barrier, broadcast,
-                          reduce_scatter)
+                          partial_allreduce, reduce_scatter)
 from .errors import (CommError, ContiguityError, DeviceMismatchError, DtypeError, HpcdlError,
                      InvalidArgumentError, MismatchError)
 from .groups import subgroup
@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "init", "get_context", "is_initialized", "Context",
     "allreduce", "broadcast", "allgather", "reduce_scatter", "barrier", "Handle",
+    "partial_allreduce",
     "algorithm_names", "subgroup", "ReduceOp",
     "HpcdlError", "InvalidArgumentError", "DtypeError", "ContiguityError",
     "DeviceMismatchError", "MismatchError", "CommError",

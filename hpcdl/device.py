@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -32,6 +32,15 @@ class DeviceBackend(Protocol):
     def from_host(self, src: np.ndarray, buf: Buffer, start: int = 0) -> None: ...
     def pinned_empty(self, count: int, dtype: np.dtype) -> np.ndarray: ...
     def device_copy(self, src: Buffer, dst: Buffer) -> None: ...
+
+    # Asynchronous copies for the pipelined staging (collectives/staging.py):
+    # streams and events are opaque handles of the backend.
+    def new_stream(self, device: int) -> Any: ...
+    def to_host_async(self, buf: Buffer, dst: np.ndarray, start: int, stream: Any) -> None: ...
+    def from_host_async(self, src: np.ndarray, buf: Buffer, start: int, stream: Any) -> None: ...
+    def record(self, stream: Any) -> Any: ...
+    def event_wait(self, event: Any) -> None: ...
+    def stream_wait(self, stream: Any, event: Any) -> None: ...
 
 
 class HostEmulation:
@@ -61,6 +70,35 @@ class HostEmulation:
 
     def device_copy(self, src: Buffer, dst: Buffer) -> None:
         np.copyto(self._view(dst), self._view(src))
+
+    # No GPU, no asynchrony: the "async" copies complete before they return.
+    def new_stream(self, device: int) -> Any:
+        return None
+
+    def to_host_async(self, buf: Buffer, dst: np.ndarray, start: int, stream: Any) -> None:
+        self.to_host(buf, dst, start)
+
+    def from_host_async(self, src: np.ndarray, buf: Buffer, start: int, stream: Any) -> None:
+        self.from_host(src, buf, start)
+
+    def record(self, stream: Any) -> Any:
+        return None
+
+    def event_wait(self, event: Any) -> None:
+        return None
+
+    def stream_wait(self, stream: Any, event: Any) -> None:
+        return None
+
+
+class _DeviceStream:
+    """A CuPy stream and the device it belongs to (events must be made on that device)."""
+
+    __slots__ = ("stream", "device")
+
+    def __init__(self, stream: Any, device: int) -> None:
+        self.stream = stream
+        self.device = device
 
 
 class CupyDevice:
@@ -98,6 +136,33 @@ class CupyDevice:
 
     def device_copy(self, src: Buffer, dst: Buffer) -> None:
         self.rt.memcpy(dst.ptr, src.ptr, src.nbytes, self.rt.memcpyDefault)
+
+    def new_stream(self, device: int) -> Any:
+        # non-blocking: the copies must not serialise with the legacy default stream
+        with self.cupy.cuda.Device(device):
+            return _DeviceStream(self.cupy.cuda.Stream(non_blocking=True), device)
+
+    def to_host_async(self, buf: Buffer, dst: np.ndarray, start: int, stream: Any) -> None:
+        off = start * buf.dtype.itemsize
+        self.rt.memcpyAsync(dst.ctypes.data, buf.ptr + off, dst.nbytes, self.rt.memcpyDefault,
+                            stream.stream.ptr)
+
+    def from_host_async(self, src: np.ndarray, buf: Buffer, start: int, stream: Any) -> None:
+        off = start * buf.dtype.itemsize
+        self.rt.memcpyAsync(buf.ptr + off, src.ctypes.data, src.nbytes, self.rt.memcpyDefault,
+                            stream.stream.ptr)
+
+    def record(self, stream: Any) -> Any:
+        with self.cupy.cuda.Device(stream.device):
+            event = self.cupy.cuda.Event(disable_timing=True)
+            event.record(stream.stream)
+        return event
+
+    def event_wait(self, event: Any) -> None:
+        event.synchronize()
+
+    def stream_wait(self, stream: Any, event: Any) -> None:
+        stream.stream.wait_event(event)
 
 
 @functools.lru_cache(maxsize=1)

@@ -26,7 +26,6 @@ import pytest
 import hpcdl
 from hpcdl.collectives import ring as ring_mod
 from hpcdl.collectives import select
-from hpcdl.collectives.fastpath import MISS
 from hpcdl.collectives.hierarchical import NodeComms, hierarchical_allreduce_nodes
 from hpcdl.collectives.partial import DigitSchedule, digits_needed
 from hpcdl.collectives.registry import ALLREDUCE, resolve_allreduce
@@ -406,3 +405,41 @@ def test_hierarchical_and_tune_in_fresh_jobs(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     table = select.load_table(out)
     assert set(table["rules"]) == {"float", "half"} and "2" in table["rules"]["float"]
+
+
+def test_fast_path_plan_cache_follows_chooser_changes(ctx):
+    """The numpy fast path caches what 'auto' resolved to; a new chooser or algorithm
+    must take effect at once, and a custom (dynamic) chooser is asked on every call."""
+    from hpcdl.collectives import registry
+    from hpcdl.collectives.native import native_allreduce
+
+    calls: list[str] = []
+
+    def spy(comm, buf, op):
+        calls.append("spy")
+        native_allreduce(comm, buf, op)
+
+    asked: list[int] = []
+
+    def dynamic(comm, nbytes, dtype):
+        asked.append(nbytes)
+        return "spy"
+
+    x = np.ones(257, np.float64)
+    try:
+        hpcdl.allreduce(x)                    # caches the table's answer
+        registry.register_allreduce("spy", spy)
+        registry.set_chooser(dynamic)
+        for _ in range(3):
+            hpcdl.allreduce(x)
+        n_asked, n_calls = len(asked), len(calls)
+        registry.set_chooser(registry.choose)
+        hpcdl.allreduce(x)
+    finally:
+        registry.set_chooser(registry.choose)
+        registry.ALLREDUCE.pop("spy", None)
+        registry.invalidate_plans()
+    if ctx.size > 1:
+        assert n_asked == 3 and n_calls == 3
+        assert len(calls) == 3                # back on the table: spy no longer runs
+    assert np.all(x == ctx.size ** 5)

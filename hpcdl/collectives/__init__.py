@@ -2,7 +2,8 @@
 
 from .api import allgather, allreduce, barrier, block_counts, broadcast, reduce_scatter
 from .handle import Handle
+from .partial import partial_allreduce
 from .registry import ALLREDUCE, algorithm_names, register_allreduce
 
 __all__ = ["allreduce", "broadcast", "allgather", "reduce_scatter", "barrier", "block_counts",
-           "Handle", "ALLREDUCE", "algorithm_names", "register_allreduce"]
+           "Handle", "partial_allreduce", "ALLREDUCE", "algorithm_names", "register_allreduce"]

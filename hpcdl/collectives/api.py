@@ -25,12 +25,13 @@ import numpy as np
 from ..buffers import Buffer, as_buffer, check_same_device, empty_like
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError
-from ..ops import ReduceOp, check_dtype, dtype_name, finish_avg, is_half, parse_op
+from ..ops import ReduceOp, check_dtype, dtype_name, is_half, parse_op
 from ..runtime import get_context
 from .debug import check_same_call, debug_enabled
 from .handle import drain, executor_for
+from .fastpath import MISS, try_allreduce
 from .native import native_reduce_scatter
-from .registry import resolve_allreduce
+from .registry import resolve_allreduce, run_allreduce
 from .staging import staged
 
 __all__ = ["allreduce", "broadcast", "allgather", "reduce_scatter", "barrier", "block_counts"]
@@ -68,6 +69,10 @@ def allreduce(tensor: Any, out: Any = None, op: "str | ReduceOp" = "sum",
 
     The result goes into ``out`` when given, else into ``tensor`` itself.
     """
+    if out is None and not async_op and type(tensor) is np.ndarray:
+        done = try_allreduce(tensor, op, algorithm, comm)  # the common case, minimal overhead
+        if done is not MISS:
+            return done
     c = _comm(comm)
     rop = parse_op(op, rank=c.rank, op_name="allreduce")
     inp = as_buffer(tensor, arg="tensor", writable=out is None, rank=c.rank, op="allreduce")
@@ -84,13 +89,11 @@ def allreduce(tensor: Any, out: Any = None, op: "str | ReduceOp" = "sum",
                             op=rop.value, algorithm=name)
         if inp.size and c.size > 1:
             def work(host: np.ndarray) -> None:
-                fn(c, host, rop)
-                if rop is ReduceOp.AVG:
-                    finish_avg(host, c.size)
+                run_allreduce(c, fn, host, rop)
             direct = None
             if name == "native" and rop is not ReduceOp.AVG and not is_half(inp.dtype):
                 direct = lambda: c.allreduce(ob, rop)  # noqa: E731
-            staged(c, inp, ob, work, direct=direct)
+            staged(c, inp, ob, work, direct=direct, chunked=True)
         elif inp.size and ob is not inp:
             staged(c, inp, ob, lambda host: None)
         return result
@@ -102,7 +105,8 @@ def broadcast(tensor: Any, root: int = 0, comm: Communicator | None = None,
               async_op: bool = False) -> Any:
     """Copy ``tensor`` from rank ``root`` into ``tensor`` on every rank (in place)."""
     c = _comm(comm)
-    if not isinstance(root, (int, np.integer)) or not 0 <= root < c.size:
+    if (not isinstance(root, (int, np.integer)) or isinstance(root, bool)
+            or not 0 <= root < c.size):
         raise InvalidArgumentError(f"root={root!r} is not a rank of this communicator "
                                    f"(0..{c.size - 1})", rank=c.rank, op="broadcast")
     buf = as_buffer(tensor, arg="tensor", writable=True, rank=c.rank, op="broadcast")
@@ -184,9 +188,7 @@ def reduce_scatter(tensor: Any, out: Any = None, op: "str | ReduceOp" = "sum",
 
             def work(host: np.ndarray) -> None:
                 send = host_copy(c, inp)
-                native_reduce_scatter(c, send, host, counts, rop)
-                if rop is ReduceOp.AVG:
-                    finish_avg(host, c.size)
+                native_reduce_scatter(c, send, host, counts, rop)  # avg comes back finished
             staged(c, ob, ob, work, copy_in=False)
         return result
 

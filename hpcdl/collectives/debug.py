@@ -3,7 +3,8 @@
 Without it, mismatched calls hang or corrupt data silently. With it, every
 collective first allgathers a small signature (operation, shape, dtype, op,
 root, ...) and every rank raises :class:`~hpcdl.errors.MismatchError` naming
-the ranks that differ from rank 0. It costs one small allgather per call.
+the ranks that differ from the majority (every group when there is none).
+It costs one small allgather per call.
 """
 
 from __future__ import annotations
@@ -17,19 +18,72 @@ from ..errors import MismatchError
 __all__ = ["debug_enabled", "check_same_call"]
 
 
+# Read on every collective, so it must be cheap: os.environ.get costs ~1.5 us
+# (it encodes the key and wraps a Mapping), CPython's underlying dict ~50 ns,
+# and it still sees every change made through os.environ (monkeypatch too).
+_ENV_DATA: dict | None = getattr(os.environ, "_data", None)
+try:
+    _DEBUG_KEY: Any = os.environ.encodekey("HPCDL_DEBUG")  # type: ignore[attr-defined]
+except AttributeError:
+    _ENV_DATA = None
+
+
+#: The raw values of HPCDL_DEBUG that mean "off" (fastpath.py tests this inline).
+OFF_VALUES = (None, b"", b"0")
+
+
 def debug_enabled() -> bool:
-    return os.environ.get("HPCDL_DEBUG", "0") not in ("", "0")
+    if _ENV_DATA is None:
+        value = os.environ.get("HPCDL_DEBUG", "0")
+    else:
+        raw = _ENV_DATA.get(_DEBUG_KEY)
+        value = "0" if raw is None else os.environ.decodevalue(raw)  # type: ignore[attr-defined]
+    return value not in ("", "0")
 
 
 def _fmt(sig: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sig.items())
 
 
+def _span(ranks: list[int]) -> str:
+    """``[0, 2, 3, 4, 7]`` -> ``"0, 2-4, 7"``: short even at thousands of ranks."""
+    parts: list[str] = []
+    start = prev = ranks[0]
+    for r in [*ranks[1:], None]:
+        if r is not None and r == prev + 1:
+            prev = r
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if r is not None:
+            start = prev = r
+    return ", ".join(parts)
+
+
+def _ranks(ranks: list[int]) -> str:
+    return f"rank {ranks[0]} has" if len(ranks) == 1 else f"ranks {_span(ranks)} have"
+
+
 def check_same_call(comm: Communicator, op_name: str, **signature: Any) -> None:
     sigs = comm.allgather_object(signature)
-    ref = sigs[0]
-    bad = [r for r, s in enumerate(sigs) if s != ref]
-    if bad:
-        diffs = "; ".join(f"rank {r} has {_fmt(sigs[r])}" for r in bad)
-        raise MismatchError(f"arguments do not match across ranks: rank 0 has {_fmt(ref)}; "
-                            f"{diffs}", rank=comm.rank, size=comm.size, op=op_name)
+    groups: list[tuple[dict[str, Any], list[int]]] = []  # distinct signatures, in rank order
+    for r, s in enumerate(sigs):
+        for sig, ranks in groups:
+            if sig == s:
+                ranks.append(r)
+                break
+        else:
+            groups.append((s, [r]))
+    if len(groups) == 1:
+        return
+    # Name the odd ones out: with a strict majority the others are the suspects
+    # (rank 0 may be the wrong one); without one, list every group.
+    groups.sort(key=lambda g: -len(g[1]))
+    if len(groups[0][1]) > len(groups[1][1]):
+        odd = sorted(groups[1:], key=lambda g: g[1][0])
+        diffs = "; ".join(f"{_ranks(ranks)} {_fmt(sig)}" for sig, ranks in odd)
+        text = f"{diffs}; the other ranks ({_span(groups[0][1])}) have {_fmt(groups[0][0])}"
+    else:
+        text = "; ".join(f"{_ranks(ranks)} {_fmt(sig)}"
+                         for sig, ranks in sorted(groups, key=lambda g: g[1][0]))
+    raise MismatchError(f"arguments differ across ranks: {text}", rank=comm.rank,
+                        size=comm.size, op=op_name)

@@ -13,20 +13,22 @@ report): the general path in ``api.py`` then handles it.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
+from mpi4py import MPI
 
 from .. import runtime
 from ..errors import CommError
-from ..ops import SUPPORTED_DTYPES, ReduceOp, finish_avg, is_half
+from ..ops import SUPPORTED_DTYPES, ReduceOp, is_half
 from . import registry
-from .native import native_allreduce, native_allreduce_avg
+from .debug import _DEBUG_KEY, _ENV_DATA, OFF_VALUES, debug_enabled
+from .native import native_allreduce
 
 __all__ = ["try_allreduce", "MISS"]
 
 MISS = object()
+_IN_PLACE = MPI.IN_PLACE
 
 _OPS: dict[str, ReduceOp] = {}
 for _op in ReduceOp:
@@ -34,86 +36,76 @@ for _op in ReduceOp:
 _DTYPES = frozenset(SUPPORTED_DTYPES.values())
 _INTS = frozenset(d for d in _DTYPES if d.kind == "i")
 
-# os.environ.get costs ~1.5 us (it encodes the key and wraps a Mapping);
-# reading CPython's underlying dict directly costs ~50 ns and still sees
-# every change made through os.environ (monkeypatch.setenv included).
-_ENV_DATA: dict | None = getattr(os.environ, "_data", None)
-try:
-    _DEBUG_KEY: Any = os.environ.encodekey("HPCDL_DEBUG")  # type: ignore[attr-defined]
-except AttributeError:
-    _ENV_DATA = None
+_NOTHING = "nothing"  # plan: size 1 or zero elements, nothing to move
+_PLAN_LIMIT = 4096    # distinct (dtype, op, algorithm, size) keys kept per communicator
 
 
-def _debug() -> bool:
-    if _ENV_DATA is None:
-        value = os.environ.get("HPCDL_DEBUG", "0")
-    else:
-        raw = _ENV_DATA.get(_DEBUG_KEY)
-        value = "0" if raw is None else os.environ.decodevalue(raw)  # type: ignore[attr-defined]
-    return value not in ("", "0")
-
-
-def _plan(comm: Any, dtype: np.dtype, op: ReduceOp) -> tuple[Any, Any, Any, Any] | None:
-    """The constant arguments of the mpi4py call for ``(dtype, op)`` on ``comm`` (None:
-    not MPI-reducible), cached on the communicator itself."""
-    plans: dict | None = getattr(comm, "_hpcdl_plans", None)
-    if plans is None:
-        plans = comm._hpcdl_plans = {}
-    key = (dtype, op)
-    if key in plans:
-        return plans[key]
+def _make_plan(comm: Any, dtype: np.dtype, op: Any, algorithm: str, nbytes: int) -> Any:
+    """What a valid call with these per-call constants does, or :data:`MISS` for
+    anything the general path must see (it reports the errors)."""
+    rop = _OPS.get(op) if isinstance(op, str) else None
+    if rop is None or dtype not in _DTYPES or (rop is ReduceOp.AVG and dtype in _INTS):
+        return MISS
+    if algorithm != "auto" and algorithm not in registry.ALLREDUCE:
+        return MISS
+    if comm.size == 1 or nbytes == 0:
+        return _NOTHING
+    if algorithm == "auto":
+        algorithm = registry._chooser(comm, nbytes, dtype)
+    fn = registry.ALLREDUCE.get(algorithm)
+    if fn is None:
+        return MISS
     mpi = getattr(comm, "mpi", None)
-    plan = None
-    if mpi is not None and not is_half(dtype) and op is not ReduceOp.AVG:
-        from mpi4py import MPI
-
+    if fn is native_allreduce and mpi is not None and not is_half(dtype) \
+            and rop is not ReduceOp.AVG:
         from ..comm.mpi import _MPI_OPS, mpi_datatype
 
-        plan = (mpi, MPI.IN_PLACE, mpi_datatype(dtype), _MPI_OPS[op])
-    plans[key] = plan
-    return plan
+        return (mpi, mpi_datatype(dtype), _MPI_OPS[rop], None, rop)
+    return (None, None, None, fn, rop)
 
 
 def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any:
-    """Blocking in-place allreduce of ``tensor`` (an ``np.ndarray``), or :data:`MISS`."""
+    """Blocking in-place allreduce of ``tensor`` (an ``np.ndarray``), or :data:`MISS`.
+
+    Everything that depends only on (dtype, op, algorithm, size) is decided once
+    and cached on the communicator as a plan; a repeated call costs a dict lookup
+    and the MPI call (about 1 us of Python in all: see docs/benchmarks.md).
+    """
     if comm is None:
         ctx = runtime._CONTEXT
         if ctx is None:
             return MISS
         comm = ctx.comm
-    rop = _OPS.get(op) if isinstance(op, str) else None
-    dtype = tensor.dtype
     flags = tensor.flags
-    if (rop is None or dtype not in _DTYPES or not flags.c_contiguous or not flags.writeable
-            or (rop is ReduceOp.AVG and dtype in _INTS)):
-        return MISS  # the general path reports the error
+    if not (flags.c_contiguous and flags.writeable):
+        return MISS
     executor = comm.executor
-    if (executor is not None and executor._pending) or _debug():
+    if (executor is not None and executor._pending) or (
+            _ENV_DATA.get(_DEBUG_KEY) not in OFF_VALUES if _ENV_DATA is not None
+            else debug_enabled()):
         return MISS
-    size = comm.size
-    if size == 1 or tensor.size == 0:
-        # nothing to move, but an unknown algorithm name is still an error to report
-        return tensor if algorithm == "auto" or algorithm in registry.ALLREDUCE else MISS
-    if algorithm == "auto":
-        algorithm = registry._chooser(comm, tensor.nbytes, dtype)
-    if algorithm == "native":
-        plan = _plan(comm, dtype, rop)
-        if plan is not None:
-            mpi, in_place, datatype, mpi_op = plan
-            try:
-                mpi.Allreduce(in_place, [tensor, datatype], mpi_op)
-            except Exception as exc:  # an MPI error: report it like the general path does
-                raise CommError(f"MPI error: {exc}", rank=comm.rank, size=size,
-                                op="allreduce") from exc
-            return tensor
-    fn = registry.ALLREDUCE.get(algorithm)
-    if fn is None:
-        return MISS
-    flat = tensor.reshape(-1)
-    if rop is ReduceOp.AVG and fn is native_allreduce:
-        native_allreduce_avg(comm, flat)  # divides before rounding half types
+    plans = getattr(comm, "_hpcdl_fast", None)
+    if plans is None or plans[0] != registry.generation:
+        plans = comm._hpcdl_fast = (registry.generation, {})
+    key = (tensor.dtype, op, algorithm, tensor.nbytes)
+    plan = plans[1].get(key)
+    if plan is None:
+        plan = _make_plan(comm, tensor.dtype, op, algorithm, tensor.nbytes)
+        if plan is MISS:
+            return MISS
+        if registry.chooser_is_static() or algorithm != "auto":
+            if len(plans[1]) >= _PLAN_LIMIT:
+                plans[1].clear()
+            plans[1][key] = plan
+    if plan is _NOTHING:
         return tensor
-    fn(comm, flat, rop)
-    if rop is ReduceOp.AVG:
-        finish_avg(flat, size)
+    mpi, datatype, mpi_op, fn, rop = plan
+    if mpi is not None:
+        try:
+            mpi.Allreduce(_IN_PLACE, [tensor, datatype], mpi_op)
+        except Exception as exc:  # an MPI error: report it like the general path does
+            raise CommError(f"MPI error: {exc}", rank=comm.rank, size=comm.size,
+                            op="allreduce") from exc
+        return tensor
+    registry.run_allreduce(comm, fn, tensor.reshape(-1), rop)
     return tensor

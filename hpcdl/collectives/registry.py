@@ -4,6 +4,11 @@ An algorithm is a function ``fn(comm, buf, op) -> None`` that reduces the flat,
 C-contiguous host array ``buf`` in place across ``comm`` (``avg`` as a sum:
 the caller divides). New algorithms register here and every entry point
 (``allreduce``, the benchmark, ``hpcdl tune``) sees them.
+
+Built in: ``native`` (the MPI library's own), ``ring`` (bandwidth-optimal),
+``tree`` (latency-optimal recursive doubling), ``hierarchical`` (node-aware).
+``auto`` asks the chooser, by default :func:`hpcdl.collectives.select.choose`
+(a crossover table that ``hpcdl tune`` measures).
 """
 
 from __future__ import annotations
@@ -14,27 +19,59 @@ import numpy as np
 
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError
-from ..ops import ReduceOp
-from .native import native_allreduce
+from ..ops import ReduceOp, finish_avg
+from .hierarchical import hierarchical_allreduce
+from .native import native_allreduce, native_allreduce_avg
+from .ring import ring_allreduce
+from .select import choose
+from .tree import tree_allreduce
 
-__all__ = ["AllreduceFn", "ALLREDUCE", "register_allreduce", "resolve_allreduce",
-           "algorithm_names"]
+__all__ = ["run_allreduce", "AllreduceFn", "ALLREDUCE", "register_allreduce", "resolve_allreduce",
+           "algorithm_names", "set_chooser", "get_chooser"]
 
 AllreduceFn = Callable[[Communicator, np.ndarray, ReduceOp], None]
+Chooser = Callable[[Communicator, int, np.dtype], str]
 
-ALLREDUCE: dict[str, AllreduceFn] = {"native": native_allreduce}
+ALLREDUCE: dict[str, AllreduceFn] = {"native": native_allreduce, "ring": ring_allreduce,
+                                     "tree": tree_allreduce,
+                                     "hierarchical": hierarchical_allreduce}
 
-# choose(comm, nbytes, dtype) -> name; replaced by the tuned selector when one is installed
-_chooser: Callable[[Communicator, int, np.dtype], str] = lambda comm, nbytes, dtype: "native"
+# choose(comm, nbytes, dtype) -> name of a registered algorithm
+_chooser: Chooser = choose
+
+#: Bumped whenever what ``auto`` or a name resolves to may change (a new
+#: algorithm, chooser or tuning table): cached fast-path plans then expire.
+generation = 0
+
+
+def invalidate_plans() -> None:
+    global generation
+    generation += 1
+
+
+def chooser_is_static() -> bool:
+    """True while ``auto`` is the table-driven chooser, whose answer for a given
+    (communicator size, bytes, dtype) is fixed until the table is reloaded; a
+    custom chooser (a dynamic policy) is asked on every call."""
+    return _chooser is choose
 
 
 def register_allreduce(name: str, fn: AllreduceFn) -> None:
+    if name == "auto":
+        raise InvalidArgumentError("'auto' is reserved for the chooser", op="register_allreduce")
     ALLREDUCE[name] = fn
+    invalidate_plans()
 
 
-def set_chooser(fn: Callable[[Communicator, int, np.dtype], str]) -> None:
+def set_chooser(fn: Chooser) -> None:
+    """Replace what ``auto`` runs (e.g. a dynamic policy); ``set_chooser(choose)`` restores."""
     global _chooser
     _chooser = fn
+    invalidate_plans()
+
+
+def get_chooser() -> Chooser:
+    return _chooser
 
 
 def algorithm_names() -> list[str]:
@@ -52,3 +89,17 @@ def resolve_allreduce(name: str, comm: Communicator, nbytes: int, dtype: np.dtyp
                                    f"{', '.join(map(repr, algorithm_names()))}",
                                    rank=rank, op="allreduce")
     return name, fn
+
+
+def run_allreduce(comm: Communicator, fn: AllreduceFn, buf: np.ndarray, op: ReduceOp) -> None:
+    """Run algorithm ``fn`` on ``buf`` in place and finish ``avg``.
+
+    The native algorithm averages in float32 before rounding (a float16 sum may
+    overflow where the mean does not); the others divide their rounded sum.
+    """
+    if op is ReduceOp.AVG and fn is native_allreduce:
+        native_allreduce_avg(comm, buf)
+        return
+    fn(comm, buf, op)
+    if op is ReduceOp.AVG:
+        finish_avg(buf, comm.size)

@@ -104,6 +104,9 @@ def reload() -> None:
     global _table
     _table = None
     _rules.clear()
+    from . import registry  # registry imports this module: import late
+
+    registry.invalidate_plans()
 
 
 def _compile(size: int, half: bool) -> tuple[list[int], list[str]]:
