@@ -5,8 +5,8 @@
     hpcdl launch -n 8 -- hpcdl tune     # inside a job: measures at the job's size
 
 For every rank count, dtype class (``float``: float32 timings; ``half``:
-float16) and message size (4 B to 16 MiB by powers of 4, or ``--sizes``), it
-times each flat algorithm (``native``, ``ring``, ``tree``; ``hierarchical``
+float16) and message size (4 B to 64 MiB by powers of 4, or ``--sizes``), it
+times each flat algorithm (``native``, ``chunked``, ``ring``, ``tree``; ``hierarchical``
 too when the job spans several nodes), takes the fastest, and merges the
 resulting ``[max_bytes, algorithm]`` rules into the JSON table at ``--out``
 (default ``~/.cache/hpcdl/tuning.json``, where ``auto`` looks; see
@@ -112,7 +112,7 @@ def _measure(args: argparse.Namespace) -> int:
 
     ctx = hpcdl.init()
     comm = ctx.comm
-    algorithms = ["native", "ring", "tree"] + (["hierarchical"] if ctx.num_nodes > 1 else [])
+    algorithms = ["native", "chunked", "ring", "tree"] + (["hierarchical"] if ctx.num_nodes > 1 else [])
     algorithms = [a for a in algorithms if a in ALLREDUCE]
     budget = 0.02 if args.quick else 0.1
     kinds = {"float": np.float32, "half": np.float16}
@@ -154,7 +154,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--out", default=str(user_table_path()),
                    help="table to write or update (default %(default)s)")
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
-                   default=powers_of_4(4, 16 << 20), help="message sizes in bytes, comma separated")
+                   default=powers_of_4(4, 64 << 20), help="message sizes in bytes, comma separated")
     p.add_argument("--quick", action="store_true", help="short timings (smoke test)")
     p.add_argument("--quiet", action="store_true", help="print only the resulting rules")
     return p.parse_args(list(argv))

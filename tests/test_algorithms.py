@@ -34,7 +34,7 @@ from hpcdl.errors import ContiguityError, DtypeError, InvalidArgumentError
 from hpcdl.ops import SUPPORTED_DTYPES, ReduceOp, bfloat16, finish_avg
 from hpcdl.tune import merge_rules, rules_from_timings
 
-ALGORITHMS = ["native", "ring", "tree", "hierarchical"]
+ALGORITHMS = ["native", "chunked", "ring", "tree", "hierarchical"]
 OPS = list(ReduceOp)
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11,
                  "bfloat16": 2.0**-8}
@@ -102,7 +102,7 @@ def run_fake(alg: str, inputs: list[np.ndarray], op: ReduceOp) -> list[np.ndarra
 
 
 @in_process
-@pytest.mark.parametrize("alg", ["ring", "tree"])
+@pytest.mark.parametrize("alg", ["chunked", "ring", "tree"])
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7])
 def test_fake_every_dtype_op_size(alg, n):
     rng = np.random.default_rng(n)

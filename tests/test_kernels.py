@@ -7,7 +7,6 @@ tensors, into outputs poisoned with NaN first.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 

@@ -22,6 +22,7 @@ from ..errors import InvalidArgumentError
 from ..ops import ReduceOp, finish_avg
 from .hierarchical import hierarchical_allreduce
 from .native import native_allreduce, native_allreduce_avg
+from .chunked import chunked_allreduce
 from .ring import ring_allreduce
 from .select import choose
 from .tree import tree_allreduce
@@ -33,7 +34,7 @@ AllreduceFn = Callable[[Communicator, np.ndarray, ReduceOp], None]
 Chooser = Callable[[Communicator, int, np.dtype], str]
 
 ALLREDUCE: dict[str, AllreduceFn] = {"native": native_allreduce, "ring": ring_allreduce,
-                                     "tree": tree_allreduce,
+                                     "tree": tree_allreduce, "chunked": chunked_allreduce,
                                      "hierarchical": hierarchical_allreduce}
 
 # choose(comm, nbytes, dtype) -> name of a registered algorithm

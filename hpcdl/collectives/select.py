@@ -41,7 +41,7 @@ __all__ = ["choose", "choose_flat", "table_path", "load_table", "reload", "valid
            "DEFAULT_TABLE", "user_table_path"]
 
 DEFAULT_TABLE = Path(__file__).with_name("default_tuning.json")
-_FLAT = ("native", "ring", "tree")
+_FLAT = ("native", "ring", "tree", "chunked")
 
 _table: dict[str, Any] | None = None
 _rules: dict[tuple[int, bool], tuple[list[int], list[str]]] = {}
