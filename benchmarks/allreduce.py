@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             if ctx.rank == 0:
                 print(show(r), flush=True)
     if torch is not None:
+        # all ranks together: a gloo group torn down after its peer exited can block
+        comm.barrier()
         torch.distributed.destroy_process_group()
+        comm.barrier()
     if ctx.rank == 0 and args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

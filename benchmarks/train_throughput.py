@@ -20,6 +20,7 @@ Scaling efficiency = throughput(N) / (N x throughput(1)).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import socket
@@ -171,7 +172,15 @@ def main() -> None:
     report(ctx, args, threads, results)
     import torch.distributed as dist
 
+    # Tear DDP and gloo down on every rank together, before any rank exits: the
+    # Reducer holds the process group, and a gloo group destroyed by garbage
+    # collection after its peer has exited blocks forever in its destructor
+    # (seen here: rank 0 hung in ~ProcessGroupGloo while rank 1 sat in MPI_Finalize).
+    del h_step, d_step, d_opt, ddp
+    gc.collect()
+    ctx.comm.barrier()
     dist.destroy_process_group()
+    ctx.comm.barrier()
 
 
 def report(ctx: hpcdl.Context, args: argparse.Namespace, threads: int,

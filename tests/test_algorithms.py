@@ -443,3 +443,15 @@ def test_fast_path_plan_cache_follows_chooser_changes(ctx):
         assert n_asked == 3 and n_calls == 3
         assert len(calls) == 3                # back on the table: spy no longer runs
     assert np.all(x == ctx.size ** 5)
+
+
+def test_tune_prefers_native_within_margin():
+    """A crossover drawn from noise would send auto to a slower algorithm: another
+    algorithm must beat native by more than NATIVE_MARGIN to be chosen."""
+    from hpcdl.tune import NATIVE_MARGIN
+
+    close = 1 - NATIVE_MARGIN / 2
+    clear = 1 - NATIVE_MARGIN * 2
+    timings = {1024: {"native": 1.0, "ring": close, "tree": 2.0},
+               4096: {"native": 1.0, "ring": clear, "tree": 2.0}}
+    assert rules_from_timings(timings) == [[2048, "native"], [None, "ring"]]
