@@ -131,6 +131,14 @@ def test_bad_op_name(ctx):
            lambda: hpcdl.reduce_scatter(np.zeros(3), op="xor"), "reduce_scatter")
 
 
+def test_unhashable_op_and_algorithm(ctx):
+    """A list where a name belongs gets hpcdl's error, not a TypeError from a dict lookup."""
+    raises(ctx, hpcdl.InvalidArgumentError, "unknown op ['sum']",
+           lambda: hpcdl.allreduce(np.zeros(3), op=["sum"]), "allreduce")
+    raises(ctx, hpcdl.InvalidArgumentError, "unknown algorithm ['ring']",
+           lambda: hpcdl.allreduce(np.zeros(3), algorithm=["ring"]), "allreduce")
+
+
 @pytest.mark.parametrize("root", [-1, "size", 1.0, "0", None, True])
 def test_bad_root(ctx, root):
     root = ctx.size if root == "size" else root

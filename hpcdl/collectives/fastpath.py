@@ -88,7 +88,10 @@ def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any
     if plans is None or plans[0] != registry.generation:
         plans = comm._hpcdl_fast = (registry.generation, {})
     key = (tensor.dtype, op, algorithm, tensor.nbytes)
-    plan = plans[1].get(key)
+    try:
+        plan = plans[1].get(key)
+    except TypeError:  # an unhashable op or algorithm: the general path names the error
+        return MISS
     if plan is None:
         plan = _make_plan(comm, tensor.dtype, op, algorithm, tensor.nbytes)
         if plan is MISS:

@@ -84,7 +84,7 @@ def resolve_allreduce(name: str, comm: Communicator, nbytes: int, dtype: np.dtyp
     """``(name, function)`` for ``name``, resolving ``"auto"``; raises on unknown names."""
     if name == "auto":
         name = _chooser(comm, nbytes, dtype)
-    fn = ALLREDUCE.get(name)
+    fn = ALLREDUCE.get(name) if isinstance(name, str) else None
     if fn is None:
         raise InvalidArgumentError(f"unknown algorithm {name!r}; choose one of "
                                    f"{', '.join(map(repr, algorithm_names()))}",
