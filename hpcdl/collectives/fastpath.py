@@ -25,7 +25,7 @@ from . import registry
 from .debug import _DEBUG_KEY, _ENV_DATA, OFF_VALUES, debug_enabled
 from .native import native_allreduce
 
-__all__ = ["try_allreduce", "MISS"]
+__all__ = ["try_allreduce", "mpi_error", "MISS"]
 
 MISS = object()
 _IN_PLACE = MPI.IN_PLACE
@@ -62,6 +62,10 @@ def _make_plan(comm: Any, dtype: np.dtype, op: Any, algorithm: str, nbytes: int)
 
         return (mpi, mpi_datatype(dtype), _MPI_OPS[rop], None, rop)
     return (None, None, None, fn, rop)
+
+
+def mpi_error(exc: BaseException, comm: Any) -> CommError:
+    return CommError(f"MPI error: {exc}", rank=comm.rank, size=comm.size, op="allreduce")
 
 
 def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any:
@@ -107,8 +111,7 @@ def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any
         try:
             mpi.Allreduce(_IN_PLACE, [tensor, datatype], mpi_op)
         except Exception as exc:  # an MPI error: report it like the general path does
-            raise CommError(f"MPI error: {exc}", rank=comm.rank, size=comm.size,
-                            op="allreduce") from exc
+            raise mpi_error(exc, comm) from exc
         return tensor
     registry.run_allreduce(comm, fn, tensor.reshape(-1), rop)
     return tensor
