@@ -10,6 +10,7 @@ them in a serial run. GPU tests are marked ``gpu`` and skip unless
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -24,6 +25,16 @@ def gpu_available() -> bool:
         return bool(cupy.is_available())
     except Exception:
         return False
+
+
+def pytest_configure(config):
+    # Under mpiexec every rank is its own pytest process; sharing the default
+    # /tmp/pytest-of-<user> lets one rank's cleanup race another's tmp_path.
+    rank = next((os.environ[k] for k in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+                 if k in os.environ), None)
+    if rank is not None and not config.option.basetemp:
+        config.option.basetemp = os.path.join(tempfile.gettempdir(),
+                                              f"hpcdl-pytest-{os.getpid()}-rank{rank}")
 
 
 def _under_mpi(config) -> bool:
