@@ -29,6 +29,7 @@ from ..buffers import Buffer
 from ..comm.base import Communicator
 from ..device import DeviceBackend, backend_for
 from ..errors import InvalidArgumentError
+from .scratch import scratch
 
 __all__ = ["staged", "staged_pipeline", "staging_buffer", "read_input_into", "host_copy",
            "staging_chunk_bytes"]
@@ -38,17 +39,12 @@ PIPELINE_SLOTS = 3  # chunk i+1 and i+2 copy in while chunk i is reduced
 
 
 def staging_buffer(comm: Communicator, count: int, dtype: np.dtype, slot: str = "main") -> np.ndarray:
-    """A reusable host buffer of ``count`` elements, grown on demand, one per (comm, slot)."""
-    pool: dict[str, np.ndarray] | None = getattr(comm, "_staging", None)
-    if pool is None:
-        pool = {}
-        comm._staging = pool  # type: ignore[attr-defined]
-    nbytes = count * dtype.itemsize
-    raw = pool.get(slot)
-    if raw is None or raw.nbytes < nbytes:
-        raw = backend_for(0).pinned_empty(max(nbytes, 1), np.dtype(np.uint8))
-        pool[slot] = raw
-    return raw[:nbytes].view(dtype)
+    """A reusable host buffer of ``count`` elements (pinned on a real GPU), one per (comm, slot)."""
+    return scratch(comm, count, dtype, f"staging:{slot}", alloc=_pinned)
+
+
+def _pinned(nbytes: int) -> np.ndarray:
+    return backend_for(0).pinned_empty(nbytes, np.dtype(np.uint8))
 
 
 def _sync(*bufs: Buffer) -> None:
