@@ -19,25 +19,24 @@ from ..ops import ReduceOp, finish_avg, mpi_reducible
 __all__ = ["native_allreduce", "native_allreduce_avg", "native_reduce_scatter"]
 
 
+def _allreduce(comm: Communicator, buf: np.ndarray, op: ReduceOp, average: bool) -> None:
+    wide = mpi_reducible(buf.dtype)
+    tmp = buf if wide == buf.dtype else buf.astype(wide)
+    comm.allreduce(tmp, op)
+    if average:
+        finish_avg(tmp, comm.size)
+    if tmp is not buf:
+        np.copyto(buf, tmp, casting="unsafe")
+
+
 def native_allreduce(comm: Communicator, buf: np.ndarray, op: ReduceOp) -> None:
     """In place; ``avg`` comes back as the sum (the caller divides)."""
-    wide = mpi_reducible(buf.dtype)
-    if wide == buf.dtype:
-        comm.allreduce(buf, op)
-        return
-    tmp = buf.astype(wide)
-    comm.allreduce(tmp, op)
-    np.copyto(buf, tmp, casting="unsafe")
+    _allreduce(comm, buf, op, average=False)
 
 
 def native_allreduce_avg(comm: Communicator, buf: np.ndarray) -> None:
     """In place, the finished mean: summed and divided in the MPI-reducible dtype."""
-    wide = mpi_reducible(buf.dtype)
-    tmp = buf if wide == buf.dtype else buf.astype(wide)
-    comm.allreduce(tmp, ReduceOp.SUM)
-    finish_avg(tmp, comm.size)
-    if tmp is not buf:
-        np.copyto(buf, tmp, casting="unsafe")
+    _allreduce(comm, buf, ReduceOp.SUM, average=True)
 
 
 def native_reduce_scatter(comm: Communicator, sendbuf: np.ndarray, recvbuf: np.ndarray,
@@ -45,13 +44,9 @@ def native_reduce_scatter(comm: Communicator, sendbuf: np.ndarray, recvbuf: np.n
     """``recvbuf`` gets this rank's block; unlike the allreduce algorithms, ``avg``
     comes back finished (divided before the half types are rounded)."""
     wide = mpi_reducible(sendbuf.dtype)
-    if wide == sendbuf.dtype:
-        comm.reduce_scatter(sendbuf, recvbuf, counts, op)
-        if op is ReduceOp.AVG:
-            finish_avg(recvbuf, comm.size)
-        return
-    out = np.empty(recvbuf.size, wide)
-    comm.reduce_scatter(sendbuf.astype(wide), out, counts, op)
+    out = recvbuf if wide == sendbuf.dtype else np.empty(recvbuf.size, wide)
+    comm.reduce_scatter(sendbuf.astype(wide, copy=False), out, counts, op)
     if op is ReduceOp.AVG:
         finish_avg(out, comm.size)
-    np.copyto(recvbuf, out, casting="unsafe")
+    if out is not recvbuf:
+        np.copyto(recvbuf, out, casting="unsafe")
