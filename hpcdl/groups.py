@@ -6,7 +6,7 @@ from typing import Sequence
 
 from .comm.base import Communicator
 from .errors import InvalidArgumentError
-from .runtime import get_context
+from .runtime import default_comm
 
 __all__ = ["subgroup"]
 
@@ -17,7 +17,7 @@ def subgroup(ranks: Sequence[int], comm: Communicator | None = None) -> Communic
     Members get the new communicator, ranked in the order given; the others get
     ``None``. Created once per distinct ``ranks`` and cached.
     """
-    parent = get_context().comm if comm is None else comm
+    parent = default_comm(comm)
     members = [int(r) for r in ranks]
     if len(set(members)) != len(members) or any(not 0 <= r < parent.size for r in members):
         raise InvalidArgumentError(f"ranks {list(ranks)} must be distinct ranks of a "

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from .errors import InvalidArgumentError
 
-__all__ = ["Context", "init", "get_context", "is_initialized", "probe_cuda_aware",
+__all__ = ["Context", "init", "get_context", "default_comm", "is_initialized", "probe_cuda_aware",
            "launcher_env"]
 
 _LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID",
@@ -275,3 +275,8 @@ def is_initialized() -> bool:
 def get_context() -> Context:
     """The default context, initialising hpcdl on first use."""
     return _CONTEXT if _CONTEXT is not None else init()
+
+
+def default_comm(comm: Any = None) -> Any:
+    """``comm`` itself, or the default context's communicator when it is ``None``."""
+    return get_context().comm if comm is None else comm

@@ -27,7 +27,7 @@ from ..comm.base import Communicator
 from ..errors import InvalidArgumentError
 from ..ops import ReduceOp, check_dtype, dtype_name, is_half, parse_op
 from .. import runtime
-from ..runtime import get_context
+from ..runtime import default_comm
 from .debug import check_same_call, debug_enabled
 from .handle import drain, executor_for
 from . import registry
@@ -39,9 +39,6 @@ from .staging import staged
 
 __all__ = ["allreduce", "broadcast", "allgather", "reduce_scatter", "barrier", "block_counts"]
 
-
-def _comm(comm: Communicator | None) -> Communicator:
-    return get_context().comm if comm is None else comm
 
 
 def _launch(comm: Communicator, op_name: str, async_op: bool, run: Callable[[], Any]) -> Any:
@@ -107,7 +104,7 @@ def _allreduce(tensor: Any, out: Any, op: "str | ReduceOp", algorithm: str,
     A separate function because its closures turn its locals into cells, which
     CPython creates on every call: ~0.3 us that the fast path above must not pay.
     """
-    c = _comm(comm)
+    c = default_comm(comm)
     rop = parse_op(op, rank=c.rank, op_name="allreduce")
     inp = as_buffer(tensor, arg="tensor", writable=out is None, rank=c.rank, op="allreduce")
     check_dtype(inp.dtype, rop, rank=c.rank, op_name="allreduce")
@@ -138,7 +135,7 @@ def _allreduce(tensor: Any, out: Any, op: "str | ReduceOp", algorithm: str,
 def broadcast(tensor: Any, root: int = 0, comm: Communicator | None = None,
               async_op: bool = False) -> Any:
     """Copy ``tensor`` from rank ``root`` into ``tensor`` on every rank (in place)."""
-    c = _comm(comm)
+    c = default_comm(comm)
     if (not isinstance(root, (int, np.integer)) or isinstance(root, bool)
             or not 0 <= root < c.size):
         raise InvalidArgumentError(f"root={root!r} is not a rank of this communicator "
@@ -164,7 +161,7 @@ def allgather(tensor: Any, out: Any = None, comm: Communicator | None = None,
     ``out`` holds ``size * tensor.size`` elements; allocated with shape
     ``(size, *tensor.shape)`` when not given.
     """
-    c = _comm(comm)
+    c = default_comm(comm)
     inp = as_buffer(tensor, arg="tensor", rank=c.rank, op="allgather")
     result, ob = _output(c, "allgather", inp, out, c.size * inp.size, (c.size, *inp.shape))
 
@@ -206,7 +203,7 @@ def reduce_scatter(tensor: Any, out: Any = None, op: "str | ReduceOp" = "sum",
     The flat result is cut into ``size`` blocks by :func:`block_counts`; ``out``
     holds this rank's block (allocated 1-D when not given).
     """
-    c = _comm(comm)
+    c = default_comm(comm)
     rop = parse_op(op, rank=c.rank, op_name="reduce_scatter")
     inp = as_buffer(tensor, arg="tensor", rank=c.rank, op="reduce_scatter")
     check_dtype(inp.dtype, rop, rank=c.rank, op_name="reduce_scatter")
@@ -231,7 +228,7 @@ def reduce_scatter(tensor: Any, out: Any = None, op: "str | ReduceOp" = "sum",
 
 def barrier(comm: Communicator | None = None, async_op: bool = False) -> Any:
     """Wait until every rank of ``comm`` has arrived."""
-    c = _comm(comm)
+    c = default_comm(comm)
 
     def run() -> None:
         if debug_enabled():

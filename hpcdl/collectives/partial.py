@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError
-from ..runtime import get_context
+from ..runtime import default_comm
 
 __all__ = ["partial_allreduce", "DigitSchedule", "GroupSchedule", "digits_needed"]
 
@@ -95,7 +95,7 @@ def partial_allreduce(x: Any, group_size: int, step: int, comm: Communicator | N
     """
     from .api import allreduce
 
-    c = get_context().comm if comm is None else comm
+    c = default_comm(comm)
     if not isinstance(group_size, int) or group_size < 2:
         raise InvalidArgumentError(f"group_size={group_size!r}: use an integer >= 2",
                                    rank=c.rank, op="partial_allreduce")

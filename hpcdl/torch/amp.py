@@ -38,7 +38,7 @@ import torch
 
 from ..collectives import allreduce
 from ..comm.base import Communicator
-from ..runtime import get_context
+from ..runtime import default_comm
 
 __all__ = ["GradScaler", "agree_found_inf"]
 
@@ -52,7 +52,7 @@ def agree_found_inf(scaler: torch.amp.GradScaler, optimizer: Any,
     scaler's per-optimizer record (``found_inf_per_device``), which is where
     ``step()`` and ``update()`` read the decision from.
     """
-    c = get_context().comm if comm is None else comm
+    c = default_comm(comm)
     record = scaler._per_optimizer_states[id(optimizer)]
     flags: dict[torch.device, torch.Tensor] = record["found_inf_per_device"]
     local = max((float(v.item()) for v in flags.values()), default=0.0)

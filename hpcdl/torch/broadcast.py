@@ -22,15 +22,12 @@ from ..collectives import broadcast
 from ..collectives.handle import drain
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError
-from ..runtime import get_context
+from ..runtime import default_comm
 
 __all__ = ["broadcast_parameters", "broadcast_optimizer_state", "broadcast_object"]
 
 _FUSABLE = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int32, torch.int64)
 
-
-def _comm(comm: Communicator | None) -> Communicator:
-    return get_context().comm if comm is None else comm
 
 
 def _check_root(c: Communicator, root_rank: int, op: str) -> None:
@@ -41,7 +38,7 @@ def _check_root(c: Communicator, root_rank: int, op: str) -> None:
 
 def broadcast_object(obj: Any, root_rank: int = 0, comm: Communicator | None = None) -> Any:
     """The root's ``obj`` (pickled), returned on every rank."""
-    c = _comm(comm)
+    c = default_comm(comm)
     _check_root(c, root_rank, "broadcast_object")
     drain(c)  # after this rank's queued async collectives, as MPI ordering requires
     return c.bcast_object(obj if c.rank == root_rank else None, root_rank)
@@ -63,7 +60,7 @@ def broadcast_parameters(params: "Mapping[str, torch.Tensor] | Iterable[Any]",
     ``params``: a ``state_dict()``, ``named_parameters()``, or a list of tensors
     (in the same order on every rank).
     """
-    c = _comm(comm)
+    c = default_comm(comm)
     _check_root(c, root_rank, "broadcast_parameters")
     tensors = [t for t in _tensors(params) if t is not None]
     for t in tensors:
@@ -144,7 +141,7 @@ def broadcast_optimizer_state(optimizer: Any, root_rank: int = 0,
     travel as fused broadcasts. Works for a torch optimizer or a
     :class:`~hpcdl.torch.DistributedOptimizer`.
     """
-    c = _comm(comm)
+    c = default_comm(comm)
     _check_root(c, root_rank, "broadcast_optimizer_state")
     opt = getattr(optimizer, "optimizer", optimizer)
     if c.size == 1:

@@ -37,7 +37,7 @@ from ..collectives.handle import drain
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError, MismatchError
 from ..ops import ReduceOp, parse_op
-from ..runtime import get_context
+from ..runtime import default_comm
 from .buckets import Bucket, build_buckets, layout_signature, pack, unpack
 
 __all__ = ["DistributedOptimizer", "DEFAULT_FUSION_MB"]
@@ -129,7 +129,7 @@ class DistributedOptimizer:
                  compression: Any = None, fusion_threshold_mb: float = DEFAULT_FUSION_MB,
                  backward_passes_per_step: int = 1, algorithm: str = "auto",
                  op: "str | ReduceOp" = "avg", comm: Communicator | None = None) -> None:
-        self.comm = get_context().comm if comm is None else comm
+        self.comm = default_comm(comm)
         rank = self.comm.rank
         if isinstance(optimizer, DistributedOptimizer):
             raise InvalidArgumentError("optimizer is already a DistributedOptimizer",

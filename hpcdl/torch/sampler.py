@@ -33,7 +33,7 @@ import torch
 from ..collectives.handle import drain
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError, MismatchError
-from ..runtime import get_context
+from ..runtime import default_comm
 
 __all__ = ["DistributedSampler"]
 
@@ -57,7 +57,7 @@ class DistributedSampler(torch.utils.data.Sampler[int]):
                  drop_last: bool = False, comm: Communicator | None = None) -> None:
         n = dataset if isinstance(dataset, int) else len(dataset)
         if num_replicas is None or rank is None:
-            c = get_context().comm if comm is None else comm
+            c = default_comm(comm)
             num_replicas = c.size if num_replicas is None else num_replicas
             rank = c.rank if rank is None else rank
             if num_replicas == c.size:
