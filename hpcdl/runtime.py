@@ -256,11 +256,11 @@ def init(comm: Any = None) -> Context:
         if comm is None:
             _abort_on_uncaught(rank, size, MPI.COMM_WORLD)
             _CONTEXT = ctx
-            atexit.register(_shutdown, ctx)
+            atexit.register(_shutdown)
         return ctx
 
 
-def _shutdown(ctx: Context) -> None:
+def _shutdown() -> None:
     """Finish every communicator's async queue and stop its progress thread before
     mpi4py finalizes MPI (its finalizer runs after Python's atexit handlers)."""
     from .collectives.handle import close_all

@@ -28,10 +28,9 @@ from ..errors import InvalidArgumentError
 from ..ops import ReduceOp, check_dtype, dtype_name, is_half, parse_op
 from .. import runtime
 from ..runtime import default_comm
-from .debug import check_same_call, debug_enabled
+from .debug import _DEBUG_KEY, _ENV_DATA, OFF_VALUES, check_same_call, debug_enabled
 from .handle import drain, executor_for
 from . import registry
-from .debug import _DEBUG_KEY, _ENV_DATA, OFF_VALUES
 from .fastpath import _IN_PLACE, MISS, mpi_error, try_allreduce
 from .native import native_reduce_scatter
 from .registry import resolve_allreduce, run_allreduce

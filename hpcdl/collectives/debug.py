@@ -28,7 +28,7 @@ except AttributeError:
     _ENV_DATA = None
 
 
-#: The raw values of HPCDL_DEBUG that mean "off" (fastpath.py tests this inline).
+#: The raw values of HPCDL_DEBUG that mean "off" (api.allreduce tests this inline).
 OFF_VALUES = (None, b"", b"0")
 
 

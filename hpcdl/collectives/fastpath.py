@@ -22,7 +22,7 @@ from .. import runtime
 from ..errors import CommError
 from ..ops import SUPPORTED_DTYPES, ReduceOp, is_half
 from . import registry
-from .debug import _DEBUG_KEY, _ENV_DATA, OFF_VALUES, debug_enabled
+from .debug import debug_enabled
 from .native import native_allreduce
 
 __all__ = ["try_allreduce", "mpi_error", "MISS"]
@@ -84,9 +84,7 @@ def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any
     if not (flags.c_contiguous and flags.writeable):
         return MISS
     executor = comm.executor
-    if (executor is not None and executor._pending) or (
-            _ENV_DATA.get(_DEBUG_KEY) not in OFF_VALUES if _ENV_DATA is not None
-            else debug_enabled()):
+    if (executor is not None and executor._pending) or debug_enabled():
         return MISS
     plans = getattr(comm, "_hpcdl_fast", None)
     if plans is None or plans[0] != registry.generation:
