@@ -203,3 +203,26 @@ def test_bad_subgroup(ctx):
     for ranks in ([0, 0], [ctx.size], [-1]):
         with pytest.raises(hpcdl.InvalidArgumentError, match=f"rank {ctx.rank}.*distinct ranks"):
             hpcdl.subgroup(ranks)
+
+
+def test_close_gives_up_on_a_stuck_operation(capfd):
+    """Exit must not hang on an operation that never finishes (a peer that never joined):
+    close() returns after its timeout and says what it left running."""
+    import threading
+
+    from hpcdl.collectives.handle import Executor
+
+    release = threading.Event()
+    ex = Executor("hpcdl-test-stuck")
+    handle = ex.submit("allreduce", lambda: release.wait(30))
+    closer = threading.Thread(target=ex.close, kwargs={"timeout": 0.5}, daemon=True)
+    try:
+        closer.start()
+        closer.join(5)
+        returned = not closer.is_alive()
+    finally:
+        release.set()  # let the stuck operation (and an old close()) finish
+        handle.wait(10)
+        closer.join(10)
+    assert returned, "Executor.close() waited for a stuck operation past its timeout"
+    assert "still running" in capfd.readouterr().err

@@ -11,11 +11,16 @@ progress thread overlaps with the caller's computation (the backward pass).
 from __future__ import annotations
 
 import queue
+import sys
 import threading
+import time
 import weakref
 from typing import Any, Callable
 
-__all__ = ["Handle", "Executor", "executor_for", "drain", "close_all"]
+__all__ = ["Handle", "Executor", "executor_for", "drain", "close_all", "CLOSE_TIMEOUT_S"]
+
+#: How long closing a communicator's progress thread (at exit) waits for its queue.
+CLOSE_TIMEOUT_S = 10.0
 
 
 class Handle:
@@ -83,19 +88,30 @@ class Executor:
                 if self._pending == 0:
                     self._idle.notify_all()
 
-    def drain(self) -> None:
-        """Wait until every submitted operation has finished."""
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted operation has finished; False if ``timeout`` ran out."""
         with self._idle:
-            self._idle.wait_for(lambda: self._pending == 0)
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
-    def close(self) -> None:
-        """Finish the queue, then stop the thread (idempotent)."""
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Finish the queue, then stop the thread (idempotent).
+
+        At most ``timeout`` seconds in all: an operation stuck in MPI (a peer
+        that never joined) must not turn the exit into a hang. The thread is a
+        daemon, so giving up on it lets the process end; a line on stderr says
+        what was still running.
+        """
         if self.closed:
             return
         self.closed = True
-        self.drain()
+        deadline = time.monotonic() + timeout
+        drained = self.drain(timeout)
         self._queue.put(None)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if not drained or self._thread.is_alive():
+            sys.stderr.write(f"hpcdl: {self._thread.name}: {self._pending} asynchronous "
+                             f"operation(s) still running after {timeout:g} s at close; "
+                             "not waiting for them (a peer rank may have stopped)\n")
         _ALL.discard(self)
 
 
