@@ -88,6 +88,12 @@ class Executor:
                 if self._pending == 0:
                     self._idle.notify_all()
 
+    def quiesce(self) -> None:
+        """:meth:`drain`, unless called from the progress thread itself (where the queue
+        is already in order): what every collective started outside the queue does first."""
+        if threading.current_thread() is not self._thread:
+            self.drain()
+
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every submitted operation has finished; False if ``timeout`` ran out."""
         with self._idle:
@@ -125,6 +131,10 @@ _ALL: "weakref.WeakSet[Executor]" = weakref.WeakSet()
 def executor_for(comm: Any) -> Executor:
     ex = comm.executor
     if ex is None or ex.closed:
+        # A second thread calling MPI needs the library's consent: refuse before starting it.
+        check = getattr(comm, "check_thread_support", None)
+        if check is not None:
+            check()
         with _CREATE:
             ex = comm.executor
             if ex is None or ex.closed:
@@ -141,5 +151,5 @@ def close_all() -> None:
 def drain(comm: Any) -> None:
     """Let the operations already queued on ``comm`` finish before a blocking one starts."""
     ex = comm.executor
-    if ex is not None and threading.current_thread() is not ex._thread:
-        ex.drain()
+    if ex is not None:
+        ex.quiesce()

@@ -158,6 +158,8 @@ class FakeCommunicator:
     def split(self, color: int, key: int, *, name: str | None = None) -> "FakeCommunicator":
         if name is not None and name in self._named:
             return self._named[name]
+        if self.executor is not None:  # like MPI: the split follows the queued collectives
+            self.executor.quiesce()
         pairs = self._exchange((color, key))
         members = sorted((k, r) for r, (c, k) in enumerate(pairs) if c == color)
         seq = self._nsplits
