@@ -94,6 +94,8 @@ class MPICommunicator:
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self._splits: dict[str, "MPICommunicator"] = {}
+        # MPI attaches TAG_UB to COMM_WORLD; it holds for every communicator of the job
+        self.tag_ub = int(MPI.COMM_WORLD.Get_attr(MPI.TAG_UB))
         self.executor: Any = None  # the async progress thread, created on first async_op
         self.cuda_aware = False    # set by hpcdl.init() from the probe; inherited by splits
 
