@@ -16,17 +16,17 @@ module, so a CPU-only job never pays for importing either.
 
 from __future__ import annotations
 
-import ctypes
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
+from .device import CupyDevice, backend_for, host_view
 from .errors import ContiguityError, DeviceMismatchError, DtypeError, InvalidArgumentError
 from .ops import SUPPORTED_DTYPES, bfloat16, check_dtype, dtype_name
 
-__all__ = ["Buffer", "as_buffer", "check_same_device", "empty_like"]
+__all__ = ["Buffer", "as_buffer", "check_same_device", "empty_like", "host_view"]
 
 _TORCH_DTYPES = {"torch.float64": "float64", "torch.float32": "float32",
                  "torch.float16": "float16", "torch.bfloat16": "bfloat16",
@@ -45,7 +45,9 @@ class Buffer:
     host: np.ndarray | None    # flat zero-copy view, for host memory only
     address: int | None        # address of the first element (None: computed on demand)
     stream: int | None = None  # CUDA stream the producer last used (None: legacy default)
-    sync: Callable[[], None] | None = None  # waits for that producer's pending work
+    # Waits for the producer's work queued *before* this Buffer was made: an event
+    # recorded on ``stream`` at enqueue time (device.record_ready), not a stream sync.
+    sync: Callable[[], None] | None = None
 
     @property
     def ptr(self) -> int:
@@ -109,17 +111,14 @@ def _from_torch(t: Any, where: dict, arg: str, writable: bool) -> Buffer:
     if t.device.type == "cuda":
         dev = t.device.index if t.device.index is not None else torch.cuda.current_device()
         stream = torch.cuda.current_stream(dev)
-        return Buffer(t, "torch", dtype, tuple(t.shape), dev, None, t.data_ptr(),
-                      stream.cuda_stream, stream.synchronize)
+        buf = Buffer(t, "torch", dtype, tuple(t.shape), dev, None, t.data_ptr(),
+                     stream.cuda_stream)
+        buf.sync = backend_for(buf).ready_event(stream, dev)  # torch alone: no CuPy
+        return buf
     raise DeviceMismatchError(f"argument '{arg}' is on device {t.device}; hpcdl supports cpu "
                               "and cuda tensors", **where)
 
 
-def _cai_device(ptr: int) -> int:
-    """The CUDA device that owns ``ptr``; 0 when no GPU is present (host emulation)."""
-    from .device import backend_for
-
-    return backend_for(ptr).device_of(ptr)
 
 
 def _from_cai(obj: Any, kind: str, where: dict, arg: str, writable: bool) -> Buffer:
@@ -143,14 +142,13 @@ def _from_cai(obj: Any, kind: str, where: dict, arg: str, writable: bool) -> Buf
         raise InvalidArgumentError(f"argument '{arg}' is read-only but the result is written "
                                    "into it", **where)
     stream = cai.get("stream")
-    size = math.prod(shape)
-    device = _cai_device(ptr) if size else 0
-    sync = None
-    if stream is not None:
-        from .device import backend_for
-
-        sync = backend_for(ptr).stream_sync(stream)
-    return Buffer(obj, kind, dtype, shape, device, None, int(ptr or 0), stream, sync)
+    buf = Buffer(obj, kind, dtype, shape, 0, None, int(ptr or 0), stream)
+    backend = backend_for(buf)
+    if math.prod(shape) and isinstance(backend, CupyDevice):
+        buf.device = backend.device_of(buf.ptr)
+    if stream is not None:  # CAI v3: None means the producer needs no synchronisation
+        buf.sync = backend.ready_event(stream, buf.device)
+    return buf
 
 
 def as_buffer(obj: Any, *, arg: str = "tensor", writable: bool = False,
@@ -193,10 +191,3 @@ def empty_like(buf: Buffer, shape: tuple[int, ...], *, rank: int | None, op: str
     raise InvalidArgumentError(f"cannot allocate a result like a {buf.kind} buffer; pass out=",
                                rank=rank, op=op)
 
-
-def host_view(ptr: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
-    """A NumPy view of ``nbytes`` of *host* memory at ``ptr`` (no copy)."""
-    if nbytes == 0:
-        return np.empty(0, dtype)
-    raw = (ctypes.c_char * nbytes).from_address(ptr)
-    return np.frombuffer(raw, dtype=np.uint8).view(dtype)

@@ -127,12 +127,31 @@ def test_fake_every_dtype_op_size(alg, n):
 @in_process
 @pytest.mark.parametrize("n", [2, 3, 5])
 def test_fake_ring_pipelines_many_chunks(n, monkeypatch):
-    # tiny chunks: many messages per block, tags cycling, both scratch halves in use
+    # tiny chunks: many messages per block on one tag, both scratch halves in use
     monkeypatch.setattr(ring_mod, "CHUNK_BYTES", 24)
     rng = np.random.default_rng(0)
     inputs = [sample(rng, np.dtype(np.float32), ReduceOp.SUM, 100_003) for _ in range(n)]
     outs = run_fake("ring", inputs, ReduceOp.SUM)
     assert all(mismatch(o, inputs, ReduceOp.SUM) is None for o in outs)
+
+
+@in_process
+@pytest.mark.parametrize("alg,n", [("ring", 3), ("tree", 3), ("tree", 5), ("hierarchical", 4)])
+def test_algorithms_stay_within_the_guaranteed_tag_ub(alg, n):
+    """MPI guarantees only tags up to 32767; the fake communicator enforces exactly that
+    bound, so an algorithm using higher tags fails here as it would on such an MPI."""
+    from hpcdl.comm.base import GUARANTEED_TAG_UB
+    from hpcdl.errors import CommError
+
+    def probe(comm):
+        assert comm.tag_ub == GUARANTEED_TAG_UB
+        with pytest.raises(CommError, match="TAG_UB"):
+            comm.send(np.zeros(1), (comm.rank + 1) % comm.size, GUARANTEED_TAG_UB + 1)
+    run_ranks(2, probe)
+    rng = np.random.default_rng(n)
+    inputs = [sample(rng, np.dtype(np.float64), ReduceOp.SUM, 5003) for _ in range(n)]
+    assert all(mismatch(o, inputs, ReduceOp.SUM) is None for o in
+               run_fake(alg, inputs, ReduceOp.SUM))
 
 
 @in_process

@@ -203,3 +203,62 @@ def test_bad_subgroup(ctx):
     for ranks in ([0, 0], [ctx.size], [-1]):
         with pytest.raises(hpcdl.InvalidArgumentError, match=f"rank {ctx.rank}.*distinct ranks"):
             hpcdl.subgroup(ranks)
+
+
+def test_close_gives_up_on_a_stuck_operation(capfd):
+    """Exit must not hang on an operation that never finishes (a peer that never joined):
+    close() returns after its timeout and says what it left running."""
+    import threading
+
+    from hpcdl.collectives.handle import Executor
+
+    release = threading.Event()
+    ex = Executor("hpcdl-test-stuck")
+    handle = ex.submit("allreduce", lambda: release.wait(30))
+    closer = threading.Thread(target=ex.close, kwargs={"timeout": 0.5}, daemon=True)
+    try:
+        closer.start()
+        closer.join(5)
+        returned = not closer.is_alive()
+    finally:
+        release.set()  # let the stuck operation (and an old close()) finish
+        handle.wait(10)
+        closer.join(10)
+    assert returned, "Executor.close() waited for a stuck operation past its timeout"
+    assert "still running" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("make", ["subgroup", "partial_allreduce"])
+def test_split_waits_for_queued_async_work(make):
+    """A new subcommunicator is a collective on the parent: it must start after the
+    async operations already queued there, as on every other rank (MPI's ordering rule)."""
+    import time
+
+    from hpcdl.collectives.handle import executor_for
+
+    def body(comm):
+        slow = executor_for(comm).submit("allreduce", lambda: time.sleep(0.3))
+        if make == "subgroup":
+            hpcdl.subgroup([1, 0], comm=comm)
+        else:
+            hpcdl.partial_allreduce(np.ones(4), group_size=2, step=0, comm=comm)
+        finished_first = slow.test()
+        comm.executor.close()
+        return finished_first
+
+    assert run_ranks(2, body, timeout=20) == [True, True]
+
+
+def test_async_needs_mpi_thread_support(ctx, monkeypatch):
+    """Without MPI_THREAD_SERIALIZED a progress thread may not call MPI: a clear error."""
+    from mpi4py import MPI
+
+    from hpcdl.collectives.handle import executor_for
+    from hpcdl.comm.mpi import MPICommunicator
+    from hpcdl.errors import CommError
+
+    fresh = MPICommunicator(MPI.COMM_SELF)
+    monkeypatch.setattr(MPI, "Query_thread", lambda: MPI.THREAD_FUNNELED)
+    with pytest.raises(CommError, match="MPI_THREAD_FUNNELED"):
+        executor_for(fresh)
+    assert fresh.executor is None

@@ -134,3 +134,82 @@ def test_chunk_size_variable_is_checked(monkeypatch):
         staging_chunk_bytes()
     monkeypatch.delenv("HPCDL_STAGING_CHUNK_BYTES")
     assert staging_chunk_bytes() == 4 << 20
+
+
+class _LoggedEvent:
+    """A stand-in CUDA event that logs which thread records and which waits."""
+
+    log: list = []
+
+    def record(self, stream):
+        import threading
+
+        self.log.append(("record", stream, threading.current_thread().name))
+
+    def synchronize(self):
+        import threading
+
+        self.log.append(("wait", threading.current_thread().name))
+
+
+def test_producer_event_is_recorded_at_enqueue_and_waited_on_the_progress_thread(monkeypatch):
+    """Defect 1: the progress thread must wait for an event recorded on the producer's
+    stream when the op was *enqueued* (work queued later is not waited for), never for a
+    stream or device synchronize at run time."""
+    from hpcdl import device
+    from hpcdl.comm import run_ranks
+
+    class Backend(device.HostEmulation):
+        def ready_event(self, stream, dev):
+            return device.record_ready(_LoggedEvent, stream)
+
+        def stream_sync(self, stream):  # the old, late synchronisation: must not be used
+            return lambda: _LoggedEvent.log.append(("stream_sync", stream))
+
+    _LoggedEvent.log = []
+    monkeypatch.setattr(device, "_cupy_device", lambda: Backend(), raising=False)
+    monkeypatch.setattr(device, "_backend", lambda: Backend(), raising=False)
+
+    def body(comm):
+        x = FakeCudaArray(np.full(1000, comm.rank + 1.0, np.float32))
+        x.__cuda_array_interface__["stream"] = 7
+        hpcdl.allreduce(x, comm=comm, async_op=True).wait(20)
+        comm.executor.close()
+        return x.host.copy()
+
+    for out in run_ranks(2, body, timeout=30):
+        np.testing.assert_array_equal(out, np.full(1000, 3.0, np.float32))
+    log = _LoggedEvent.log
+    assert not [e for e in log if e[0] == "stream_sync"], log
+    records = [e for e in log if e[0] == "record"]
+    waits = [e for e in log if e[0] == "wait"]
+    assert len(records) == 2 and all(e[1] == 7 and "progress" not in e[2] for e in records), log
+    assert waits and all("progress" in e[1] for e in waits), log
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16", "int32"])
+def test_torch_device_tensors_need_no_cupy(monkeypatch, dtype):
+    """Defect 2: a torch device tensor is moved by torch itself whether or not CuPy can run;
+    the copies are exercised here on CPU tensors standing in for device memory."""
+    import torch
+
+    from hpcdl import device
+    from hpcdl.buffers import Buffer
+    from hpcdl.ops import SUPPORTED_DTYPES
+
+    monkeypatch.setattr(device, "_cupy_device", lambda: None, raising=False)
+    t = torch.arange(1, 12).to(getattr(torch, dtype))
+    buf = Buffer(t, "torch", SUPPORTED_DTYPES[dtype], tuple(t.shape), 0, None, t.data_ptr())
+    backend = device.backend_for(buf)
+    assert isinstance(backend, device.TorchDevice)
+    host = np.zeros(5, buf.dtype)
+    backend.to_host(buf, host, start=3)
+    np.testing.assert_array_equal(host.astype(np.float64), np.arange(4, 9))
+    backend.from_host(np.full(2, 7, buf.dtype), buf, start=9)
+    assert t[9:].to(torch.float64).tolist() == [7.0, 7.0]
+    other = torch.zeros_like(t)
+    backend.device_copy(buf, Buffer(other, "torch", buf.dtype, buf.shape, 0, None,
+                                    other.data_ptr()))
+    assert torch.equal(other, t)
+    fake = Buffer(np.zeros(3), "cuda_array_interface", np.dtype(np.float64), (3,), 0, None, 1)
+    assert isinstance(device.backend_for(fake), device.HostEmulation)  # per buffer

@@ -124,9 +124,32 @@ def test_bucket_layout(ctx):
     tiny.remove_hooks()
     one.remove_hooks()
     names = [n for b in tiny.buckets for n in b.names]
-    assert names == sorted(names, reverse=True)
+    assert names == [n for n, _ in model.named_parameters()][::-1]
     assert len(one.buckets) == 1 and len(tiny.buckets) >= 3
     assert all(b.nbytes <= 0.001 * 2**20 or len(b.names) == 1 for b in tiny.buckets)
+
+
+def test_buckets_follow_the_order_gradients_arrive(ctx):
+    """In a 12-layer Sequential the backward pass produces layer 11's gradients first:
+    its bucket must come first (a name sort would put '11.*' and '10.*' after '2.*')."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(12)])
+    opt = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                               named_parameters=model.named_parameters(),
+                               fusion_threshold_mb=0.0)
+    arrived: list[str] = []
+    names = {id(p): n for n, p in model.named_parameters()}
+    hooks = [p.register_post_accumulate_grad_hook(lambda q: arrived.append(names[id(q)]))
+             for p in model.parameters()]
+    model(torch.randn(3, 4)).sum().backward()
+    for h in hooks:
+        h.remove()
+    opt.synchronize()
+    opt.remove_hooks()
+    layers = [b.names[0].split(".")[0] for b in opt.buckets]
+    assert layers[:4] == ["11", "11", "10", "10"], layers
+    # layer by layer as autograd delivered them (weight/bias order within a layer is autograd's)
+    assert layers == [n.split(".")[0] for n in arrived]
 
 
 def test_gradient_accumulation(ctx):

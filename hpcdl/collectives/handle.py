@@ -11,11 +11,16 @@ progress thread overlaps with the caller's computation (the backward pass).
 from __future__ import annotations
 
 import queue
+import sys
 import threading
+import time
 import weakref
 from typing import Any, Callable
 
-__all__ = ["Handle", "Executor", "executor_for", "drain", "close_all"]
+__all__ = ["Handle", "Executor", "executor_for", "drain", "close_all", "CLOSE_TIMEOUT_S"]
+
+#: How long closing a communicator's progress thread (at exit) waits for its queue.
+CLOSE_TIMEOUT_S = 10.0
 
 
 class Handle:
@@ -83,19 +88,36 @@ class Executor:
                 if self._pending == 0:
                     self._idle.notify_all()
 
-    def drain(self) -> None:
-        """Wait until every submitted operation has finished."""
-        with self._idle:
-            self._idle.wait_for(lambda: self._pending == 0)
+    def quiesce(self) -> None:
+        """:meth:`drain`, unless called from the progress thread itself (where the queue
+        is already in order): what every collective started outside the queue does first."""
+        if threading.current_thread() is not self._thread:
+            self.drain()
 
-    def close(self) -> None:
-        """Finish the queue, then stop the thread (idempotent)."""
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted operation has finished; False if ``timeout`` ran out."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Finish the queue, then stop the thread (idempotent).
+
+        At most ``timeout`` seconds in all: an operation stuck in MPI (a peer
+        that never joined) must not turn the exit into a hang. The thread is a
+        daemon, so giving up on it lets the process end; a line on stderr says
+        what was still running.
+        """
         if self.closed:
             return
         self.closed = True
-        self.drain()
+        deadline = time.monotonic() + timeout
+        drained = self.drain(timeout)
         self._queue.put(None)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if not drained or self._thread.is_alive():
+            sys.stderr.write(f"hpcdl: {self._thread.name}: {self._pending} asynchronous "
+                             f"operation(s) still running after {timeout:g} s at close; "
+                             "not waiting for them (a peer rank may have stopped)\n")
         _ALL.discard(self)
 
 
@@ -109,6 +131,10 @@ _ALL: "weakref.WeakSet[Executor]" = weakref.WeakSet()
 def executor_for(comm: Any) -> Executor:
     ex = comm.executor
     if ex is None or ex.closed:
+        # A second thread calling MPI needs the library's consent: refuse before starting it.
+        check = getattr(comm, "check_thread_support", None)
+        if check is not None:
+            check()
         with _CREATE:
             ex = comm.executor
             if ex is None or ex.closed:
@@ -125,5 +151,5 @@ def close_all() -> None:
 def drain(comm: Any) -> None:
     """Let the operations already queued on ``comm`` finish before a blocking one starts."""
     ex = comm.executor
-    if ex is not None and threading.current_thread() is not ex._thread:
-        ex.drain()
+    if ex is not None:
+        ex.quiesce()

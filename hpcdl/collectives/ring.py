@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..comm.base import Communicator
+from ..comm.base import Communicator, internal_tag
 from ..ops import ReduceOp, reduce_into
 from .scratch import scratch
 
@@ -34,9 +34,11 @@ __all__ = ["ring_allreduce", "ring_reduce_scatter", "ring_allgather", "block_bou
 #: (~10 us) stays small against the transfer, small enough to overlap.
 CHUNK_BYTES = 1 << 20
 
-_TAG_RS = 1 << 15          # internal traffic uses tags >= 2**15 (base.py)
-_TAG_AG = _TAG_RS + (1 << 13)
-_TAG_SPAN = 1 << 13        # tags of one phase cycle through this many values
+# One reserved tag per phase (comm/base.py): chunks between two neighbours are
+# matched in the order they were sent and the receives posted (MPI's
+# non-overtaking rule), so the tag need not tell them apart.
+_TAG_RS = 0   # reduce-scatter: internal_tag(comm, 0)
+_TAG_AG = 1   # allgather
 
 
 def block_bounds(count: int, n: int) -> list[int]:
@@ -62,18 +64,18 @@ def ring_reduce_scatter(comm: Communicator, buf: np.ndarray, op: ReduceOp,
     left, right = (rank - 1) % n, (rank + 1) % n
     width = max(bounds[i + 1] - bounds[i] for i in range(n))
     halves = (scratch(comm, width, buf.dtype, "ring:a"), scratch(comm, width, buf.dtype, "ring:b"))
-    tag = 0
+    tag = internal_tag(comm, _TAG_RS)
 
     def post_recvs(step: int) -> list[Any]:
         blk = (rank - step - 1) % n
         into = halves[step % 2]
         lo = bounds[blk]
-        return [comm.irecv(into[a - lo:b - lo], left, _TAG_RS + (step * 64 + i) % _TAG_SPAN)
-                for i, (a, b) in enumerate(_chunks(lo, bounds[blk + 1], chunk))]
+        return [comm.irecv(into[a - lo:b - lo], left, tag)
+                for a, b in _chunks(lo, bounds[blk + 1], chunk)]
 
     first = rank % n
-    sends = [comm.isend(buf[a:b], right, _TAG_RS + i % _TAG_SPAN)
-             for i, (a, b) in enumerate(_chunks(bounds[first], bounds[first + 1], chunk))]
+    sends = [comm.isend(buf[a:b], right, tag)
+             for a, b in _chunks(bounds[first], bounds[first + 1], chunk)]
     recvs = post_recvs(0)
     for step in range(n - 1):
         last = step == n - 2
@@ -85,7 +87,6 @@ def ring_reduce_scatter(comm: Communicator, buf: np.ndarray, op: ReduceOp,
             recvs[i].wait()
             reduce_into(buf[a:b], into[a - lo:b - lo], op)
             if not last:  # forward at once: the right neighbour's next step starts now
-                tag = _TAG_RS + ((step + 1) * 64 + i) % _TAG_SPAN
                 sends.append(comm.isend(buf[a:b], right, tag))
         recvs = upcoming
     comm.waitall(sends)
@@ -98,20 +99,20 @@ def ring_allgather(comm: Communicator, buf: np.ndarray, owned: int, bounds: list
     neighbour, and so on): pass every block around so all ranks hold all of them."""
     n, rank = comm.size, comm.rank
     left, right = (rank - 1) % n, (rank + 1) % n
+    tag = internal_tag(comm, _TAG_AG)
     recvs: list[list[Any]] = []
     for step in range(n - 1):  # every block arrives exactly once: post all receives now
         blk = (owned - step - 1) % n
-        recvs.append([comm.irecv(buf[a:b], left, _TAG_AG + (step * 64 + i) % _TAG_SPAN)
-                      for i, (a, b) in enumerate(_chunks(bounds[blk], bounds[blk + 1], chunk))])
-    sends = [comm.isend(buf[a:b], right, _TAG_AG + i % _TAG_SPAN)
-             for i, (a, b) in enumerate(_chunks(bounds[owned], bounds[owned + 1], chunk))]
+        recvs.append([comm.irecv(buf[a:b], left, tag)
+                      for a, b in _chunks(bounds[blk], bounds[blk + 1], chunk)])
+    sends = [comm.isend(buf[a:b], right, tag)
+             for a, b in _chunks(bounds[owned], bounds[owned + 1], chunk)]
     for step in range(n - 1):
         blk = (owned - step - 1) % n
         for i, (a, b) in enumerate(_chunks(bounds[blk], bounds[blk + 1], chunk)):
             recvs[step][i].wait()
             if step < n - 2:
-                sends.append(comm.isend(buf[a:b], right,
-                                        _TAG_AG + ((step + 1) * 64 + i) % _TAG_SPAN))
+                sends.append(comm.isend(buf[a:b], right, tag))
     comm.waitall(sends)
 
 

@@ -77,14 +77,21 @@ def validate_table(table: Any, where: str) -> dict[str, Any]:
         for ranks, rules in per_size.items():
             if not str(ranks).isdigit() or not isinstance(rules, list) or not rules:
                 raise bad(f"rules[{kind!r}][{ranks!r}] must be a non-empty list")
+            previous = -1
             for i, rule in enumerate(rules):
-                ok = isinstance(rule, list) and len(rule) == 2 and rule[1] in ALLREDUCE
+                ok = isinstance(rule, list) and len(rule) == 2 and isinstance(rule[1], str) \
+                    and rule[1] in ALLREDUCE
                 last = i == len(rules) - 1
-                ok = ok and (rule[0] is None if last else isinstance(rule[0], int))
-                if not ok:
+                # bool is an int subclass: True would pass as max_bytes 1
+                limit_ok = rule[0] is None if last else (
+                    type(rule[0]) is int and rule[0] > previous) if ok else False
+                if not (ok and limit_ok):
                     raise bad(f"rules[{kind!r}][{ranks!r}][{i}] = {rule!r}: expected "
-                              "[max_bytes, algorithm], max_bytes null in the last entry only, "
+                              "[max_bytes, algorithm] with max_bytes strictly increasing "
+                              "non-negative integers, null in the last entry only, "
                               f"algorithm one of {sorted(ALLREDUCE)}")
+                if not last:
+                    previous = rule[0]
     return table
 
 

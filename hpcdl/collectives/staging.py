@@ -5,8 +5,9 @@ an output buffer:
 
 * host buffers: ``work`` runs on the buffer itself (zero copy);
 * device buffers on a CUDA-aware MPI, when the caller offers a ``direct`` step:
-  the producer's stream is synchronised and MPI gets the device pointer;
-* other device buffers: synchronise, copy into a host staging buffer that is
+  wait for the producer's ready event (recorded when the operation was
+  enqueued, see device.py) and MPI gets the device pointer;
+* other device buffers: wait for that event, copy into a host staging buffer that is
   allocated once per communicator (pinned on a real GPU) and reused, run
   ``work``, copy back;
 * with ``chunked=True`` (the caller's ``work`` is correct on any piece of the
@@ -27,7 +28,7 @@ import numpy as np
 
 from ..buffers import Buffer
 from ..comm.base import Communicator
-from ..device import DeviceBackend, backend_for
+from ..device import DeviceBackend, backend_for, host_backend
 from ..errors import InvalidArgumentError
 from .scratch import scratch
 
@@ -44,7 +45,7 @@ def staging_buffer(comm: Communicator, count: int, dtype: np.dtype, slot: str = 
 
 
 def _pinned(nbytes: int) -> np.ndarray:
-    return backend_for(0).pinned_empty(nbytes, np.dtype(np.uint8))
+    return host_backend().pinned_empty(nbytes, np.dtype(np.uint8))
 
 
 def _sync(*bufs: Buffer) -> None:
@@ -58,7 +59,7 @@ def read_input_into(comm: Communicator, inp: Buffer, host: np.ndarray, start: in
     dst = host[start:start + inp.size]
     if inp.is_device:
         _sync(inp)
-        backend_for(inp.ptr).to_host(inp, dst)
+        backend_for(inp).to_host(inp, dst)
     else:
         np.copyto(dst, inp.host)
 
@@ -107,7 +108,7 @@ def staged_pipeline(comm: Communicator, inp: Buffer, out: Buffer,
     waits only for the chunk it is about to hand to ``work``. All ranks cut the
     buffer identically, so each chunk is an independent collective.
     """
-    backend = backend or backend_for(out.ptr)
+    backend = backend or backend_for(out)
     n, dtype = out.size, out.dtype
     ce = max(1, (chunk_bytes or staging_chunk_bytes()) // dtype.itemsize)
     nchunks = -(-n // ce)
@@ -161,7 +162,7 @@ def staged(comm: Communicator, inp: Buffer, out: Buffer, work: Callable[[np.ndar
         work(host)
         return
     _sync(inp, out)
-    backend = backend_for(out.ptr)
+    backend = backend_for(out)
     if direct is not None and getattr(comm, "cuda_aware", False):
         if copy_in and inp is not out:
             backend.device_copy(inp, out)

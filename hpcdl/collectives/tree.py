@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..comm.base import Communicator
+from ..comm.base import Communicator, internal_tag
 from ..ops import ReduceOp, reduce_into
 from .scratch import scratch
 
 __all__ = ["tree_allreduce"]
 
-_TAG = (1 << 15) + (1 << 14)  # internal traffic: tags >= 2**15
+# reserved tags 2, 3, 4 (comm/base.py): fold-in, fold-out, the exchange rounds
+_FOLD_IN, _FOLD_OUT, _ROUND = 2, 3, 4
 
 
 def tree_allreduce(comm: Communicator, buf: np.ndarray, op: ReduceOp) -> None:
@@ -35,15 +36,16 @@ def tree_allreduce(comm: Communicator, buf: np.ndarray, op: ReduceOp) -> None:
     if n == 1 or buf.size == 0:
         return
     tmp = scratch(comm, buf.size, buf.dtype, "tree")
+    fold_in, fold_out, rounds = (internal_tag(comm, k) for k in (_FOLD_IN, _FOLD_OUT, _ROUND))
     p = 1 << (n.bit_length() - 1)
     rem = n - p
     # Fold the first 2*rem ranks in pairs so that p ranks remain.
     if rank < 2 * rem:
         if rank % 2 == 0:
-            comm.send(buf, rank + 1, _TAG)
-            comm.recv(buf, rank + 1, _TAG + 1)
+            comm.send(buf, rank + 1, fold_in)
+            comm.recv(buf, rank + 1, fold_out)
             return
-        comm.recv(tmp, rank - 1, _TAG)
+        comm.recv(tmp, rank - 1, fold_in)
         reduce_into(buf, tmp, op)
         vrank = rank // 2
     else:
@@ -52,8 +54,8 @@ def tree_allreduce(comm: Communicator, buf: np.ndarray, op: ReduceOp) -> None:
     while mask < p:
         vpeer = vrank ^ mask
         peer = vpeer * 2 + 1 if vpeer < rem else vpeer + rem
-        comm.sendrecv(buf, peer, tmp, peer, _TAG + 2)
+        comm.sendrecv(buf, peer, tmp, peer, rounds)
         reduce_into(buf, tmp, op)
         mask <<= 1
     if rank < 2 * rem:
-        comm.send(buf, rank - 1, _TAG + 1)
+        comm.send(buf, rank - 1, fold_out)

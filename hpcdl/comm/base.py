@@ -17,7 +17,20 @@ import numpy as np
 
 from ..ops import ReduceOp
 
-__all__ = ["Communicator", "Request"]
+__all__ = ["Communicator", "Request", "internal_tag", "GUARANTEED_TAG_UB", "RESERVED_TAGS"]
+
+#: The largest tag every MPI must accept (the standard guarantees ``MPI_TAG_UB >= 32767``).
+GUARANTEED_TAG_UB = 32767
+#: hpcdl's algorithms use the top ``RESERVED_TAGS`` tags, ``tag_ub - RESERVED_TAGS + 1 ..
+#: tag_ub``; users have every tag below. One tag per phase is enough: MPI's
+#: non-overtaking rule matches messages between two ranks on one tag in order.
+RESERVED_TAGS = 8
+
+
+def internal_tag(comm: Any, k: int) -> int:
+    """hpcdl's ``k``-th reserved tag on ``comm`` (``0 <= k < RESERVED_TAGS``), within its TAG_UB."""
+    assert 0 <= k < RESERVED_TAGS
+    return int(getattr(comm, "tag_ub", GUARANTEED_TAG_UB)) - k
 
 
 @runtime_checkable
@@ -30,8 +43,9 @@ class Request(Protocol):
 class Communicator(Protocol):
     rank: int
     size: int
+    tag_ub: int  # largest valid tag (MPI_TAG_UB); hpcdl reserves the top RESERVED_TAGS
 
-    # point-to-point (tags < 2**15 are the user's; hpcdl algorithms use higher ones)
+    # point-to-point (tags 0 .. tag_ub - RESERVED_TAGS are the user's)
     def send(self, buf: np.ndarray, dest: int, tag: int = 0) -> None: ...
     def recv(self, buf: np.ndarray, source: int, tag: int = 0) -> None: ...
     def sendrecv(self, sendbuf: np.ndarray, dest: int, recvbuf: np.ndarray, source: int,

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import CommError
+from .base import GUARANTEED_TAG_UB
 from ..ops import ReduceOp, reduce_into
 
 __all__ = ["FakeCommunicator", "run_ranks"]
@@ -72,6 +73,7 @@ class FakeCommunicator:
         self._nsplits = 0
         self._named: dict[str, "FakeCommunicator"] = {}
         self.executor: Any = None
+        self.tag_ub = GUARANTEED_TAG_UB  # the least any MPI offers: what code may rely on
 
     def __repr__(self) -> str:
         return f"FakeCommunicator(rank={self.rank}, size={self.size})"
@@ -80,10 +82,17 @@ class FakeCommunicator:
         return CommError(msg, rank=self.rank, size=self.size, op=op)
 
     # point-to-point --------------------------------------------------------
+    def _check_tag(self, op: str, tag: int) -> None:
+        # what MPI_ERR_TAG would say: code that passes here runs on any conforming MPI
+        if not 0 <= tag <= self.tag_ub:
+            raise self._fail(op, f"tag {tag} is outside 0..{self.tag_ub} (MPI_TAG_UB)")
+
     def send(self, buf: np.ndarray, dest: int, tag: int = 0) -> None:
+        self._check_tag("send", tag)
         self.world.mailbox(self.rank, dest, tag).put(np.array(buf, copy=True))
 
     def recv(self, buf: np.ndarray, source: int, tag: int = 0) -> None:
+        self._check_tag("recv", tag)
         try:
             data = self.world.mailbox(source, self.rank, tag).get(timeout=self.world.timeout)
         except queue.Empty:
@@ -104,6 +113,7 @@ class FakeCommunicator:
         return _Done()
 
     def irecv(self, buf: np.ndarray, source: int, tag: int = 0) -> _PendingRecv:
+        self._check_tag("irecv", tag)
         return _PendingRecv(self, buf, source, tag)
 
     def waitall(self, requests: Sequence[Any]) -> None:
@@ -158,6 +168,8 @@ class FakeCommunicator:
     def split(self, color: int, key: int, *, name: str | None = None) -> "FakeCommunicator":
         if name is not None and name in self._named:
             return self._named[name]
+        if self.executor is not None:  # like MPI: the split follows the queued collectives
+            self.executor.quiesce()
         pairs = self._exchange((color, key))
         members = sorted((k, r) for r, (c, k) in enumerate(pairs) if c == color)
         seq = self._nsplits

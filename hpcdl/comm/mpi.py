@@ -94,6 +94,8 @@ class MPICommunicator:
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self._splits: dict[str, "MPICommunicator"] = {}
+        # MPI attaches TAG_UB to COMM_WORLD; it holds for every communicator of the job
+        self.tag_ub = int(MPI.COMM_WORLD.Get_attr(MPI.TAG_UB))
         self.executor: Any = None  # the async progress thread, created on first async_op
         self.cuda_aware = False    # set by hpcdl.init() from the probe; inherited by splits
 
@@ -169,6 +171,8 @@ class MPICommunicator:
         skip the collective while the others wait in it)."""
         if name is not None and name in self._splits:
             return self._splits[name]
+        if self.executor is not None:  # MPI_Comm_split must follow the queued collectives
+            self.executor.quiesce()
         sub = MPICommunicator(self.mpi.Split(color, key))
         sub.cuda_aware = self.cuda_aware
         if name is not None:
@@ -177,3 +181,19 @@ class MPICommunicator:
 
     def abort(self, code: int = 1) -> None:
         self.mpi.Abort(code)
+
+    def check_thread_support(self) -> None:
+        """Raise unless MPI lets a second thread call it (hpcdl's async progress thread).
+
+        hpcdl serialises its own calls (a blocking call first drains the queue),
+        so ``MPI_THREAD_SERIALIZED`` is the least it needs.
+        """
+        level = MPI.Query_thread()
+        if level < MPI.THREAD_SERIALIZED:
+            names = {MPI.THREAD_SINGLE: "MPI_THREAD_SINGLE",
+                     MPI.THREAD_FUNNELED: "MPI_THREAD_FUNNELED"}
+            raise CommError(f"async_op=True runs collectives on a progress thread, but MPI "
+                            f"was initialised with {names.get(level, level)}; initialise it "
+                            "with MPI_THREAD_SERIALIZED or MPI_THREAD_MULTIPLE (mpi4py's "
+                            "default; check mpi4py.rc.thread_level)", rank=self.rank,
+                            size=self.size, op="async_op")

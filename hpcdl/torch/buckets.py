@@ -1,11 +1,12 @@
 """Gradient buckets: the fusion layout shared by every rank, and pack/unpack.
 
-Parameters are ordered by name, *descending* (so that with the usual naming,
-``conv1 < conv2 < fc``, the layers whose gradients the backward pass produces
-first come first), and cut into buckets of at most ``threshold_bytes`` each,
-one dtype and one device per bucket. The layout is a pure function of the
-names, shapes and dtypes, so it is identical on every rank that holds the same
-model, and buckets are always *launched* in index order (see
+Parameters are taken in *reverse registration order* (the reverse of
+``model.named_parameters()``), the order in which the backward pass produces
+their gradients, as DDP does (a name sort would put ``layer.10`` before
+``layer.2``), and cut into buckets of at most ``threshold_bytes`` each, one
+dtype and one device per bucket. The layout is a pure function of that order
+and of the shapes and dtypes, so it is identical on every rank that holds the
+same model, and buckets are always *launched* in index order (see
 ``optimizer.py``): MPI requires every rank to start collectives in the same
 order, and autograd does not promise the same hook order on every rank.
 
@@ -58,12 +59,13 @@ class Bucket:
 
 
 def build_buckets(named: Sequence[tuple[str, torch.Tensor]], threshold_bytes: int) -> list[Bucket]:
-    """Cut ``named`` (name, parameter) pairs into buckets of at most ``threshold_bytes``.
+    """Cut ``named`` (name, parameter) pairs, in registration order, into buckets of at
+    most ``threshold_bytes``, last registered first.
 
     ``threshold_bytes <= 0`` gives one bucket per parameter (no fusion). A
     parameter larger than the threshold gets a bucket of its own.
     """
-    order = sorted(named, key=lambda item: item[0], reverse=True)
+    order = list(reversed(named))
     buckets: list[Bucket] = []
     open_by_kind: dict[tuple[torch.dtype, torch.device], Bucket] = {}
     for name, p in order:
