@@ -1,4 +1,4 @@
-"""The ``hpcdl`` command: ``launch``, ``info``, ``tune``."""
+"""The ``hpcdl`` command: ``launch``, ``info``, ``tune``, ``trace``, ``model``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ commands:
   launch   run a command on N ranks with the safe laptop/CI defaults (hpcdl launch -h)
   info     MPI implementation, CUDA-aware MPI, ranks per node, GPUs, versions
   tune     measure allreduce crossovers on this machine and write the table 'auto' uses
+  trace    merge the per-rank timelines of HPCDL_TRACE=DIR, summarise them, plot them
+  model    fit the cost model (alpha, beta, gamma per algorithm), project it to 4,096 ranks
 """
 
 
@@ -25,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         from .info import main as run
     elif command == "tune":
         from .tune import main as run
+    elif command == "trace":
+        from .trace.cli import main as run
+    elif command == "model":
+        from .model.cli import main as run
     else:
         print(f"hpcdl: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2

@@ -213,11 +213,13 @@ def _layout(comm: Any, env: Mapping[str, str]) -> tuple[Any, int, int, str]:
     return local, leaders.index(leader), len(leaders), source
 
 
-def init(comm: Any = None) -> Context:
+def init(comm: Any = None, *, trace: str | None = None) -> Context:
     """Initialise hpcdl (idempotent) and return the :class:`Context`.
 
     ``comm`` is an mpi4py communicator to run on instead of ``COMM_WORLD``
-    (hpcdl still works on its own Dup of it).
+    (hpcdl still works on its own Dup of it). ``trace`` (or ``$HPCDL_TRACE``)
+    is a folder to record a timeline of every rank into (:mod:`hpcdl.trace`);
+    every rank must pass the same.
     """
     global _CONTEXT
     with _LOCK:
@@ -256,6 +258,13 @@ def init(comm: Any = None) -> Context:
         if comm is None:
             _abort_on_uncaught(rank, size, MPI.COMM_WORLD)
             _CONTEXT = ctx
+            directory = trace or env.get("HPCDL_TRACE")
+            if directory:
+                from . import trace as tracing
+
+                # before _shutdown is registered: atexit runs last-in first-out, so the
+                # trace is flushed after _shutdown has drained (and recorded) the queues
+                tracing.start(directory, main)
             atexit.register(_shutdown)
         return ctx
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["main", "time_op", "rules_from_timings", "merge_rules", "powers_of_4"]
+__all__ = ["main", "run_at_ranks", "time_op", "rules_from_timings", "merge_rules", "powers_of_4"]
 
 
 def powers_of_4(lo: int, hi: int) -> list[int]:
@@ -183,26 +183,33 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
+def run_at_ranks(prog: str, module: str, ranks: str, args: list[str]) -> int:
+    """Launch ``python -m module *args`` with ``hpcdl launch`` at each of the comma-separated
+    ``ranks`` (>= 2) in turn; the first failure's exit code, else 0."""
+    launcher = Path(sys.executable).with_name("hpcdl")
+    cmd_head = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "hpcdl"]
+    for n in [int(r) for r in ranks.split(",") if r.strip()]:
+        if n < 2:
+            continue
+        cmd = [*cmd_head, "launch", "-n", str(n), "--", "python", "-m", module, *args]
+        print(f"{prog}: measuring at {n} ranks: {' '.join(cmd)}", flush=True)
+        rc = subprocess.call(cmd)
+        if rc:
+            print(f"{prog}: the {n}-rank run failed (exit {rc})", file=sys.stderr)
+            return rc
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     if _in_job():
         return _measure(args)
-    ranks = [int(r) for r in args.ranks.split(",") if r.strip()]
-    launcher = Path(sys.executable).with_name("hpcdl")
-    cmd_head = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "hpcdl"]
     passthrough = ["--out", args.out, "--sizes", ",".join(map(str, args.sizes)),
                    "--rounds", str(args.rounds)]
     passthrough += ["--quick"] * args.quick + ["--quiet"] * args.quiet
-    for n in ranks:
-        if n < 2:
-            continue
-        cmd = [*cmd_head, "launch", "-n", str(n), "--", "python", "-m", "hpcdl.tune",
-               *passthrough]
-        print(f"hpcdl tune: measuring at {n} ranks: {' '.join(cmd)}", flush=True)
-        rc = subprocess.call(cmd)
-        if rc:
-            print(f"hpcdl tune: the {n}-rank run failed (exit {rc})", file=sys.stderr)
-            return rc
+    rc = run_at_ranks("hpcdl tune", "hpcdl.tune", args.ranks, passthrough)
+    if rc:
+        return rc
     print(f"hpcdl tune: wrote {args.out}; 'auto' uses it (HPCDL_TUNING_FILE overrides)")
     return 0
 

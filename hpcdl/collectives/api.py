@@ -26,7 +26,8 @@ from ..buffers import Buffer, as_buffer, check_same_device, empty_like
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError
 from ..ops import ReduceOp, check_dtype, dtype_name, is_half, parse_op
-from .. import runtime
+from .. import runtime, trace
+from ..trace.hooks import traced
 from ..runtime import default_comm
 from .debug import _DEBUG_KEY, _ENV_DATA, OFF_VALUES, check_same_call, debug_enabled
 from .handle import drain, executor_for
@@ -40,7 +41,10 @@ __all__ = ["allreduce", "broadcast", "allgather", "reduce_scatter", "barrier", "
 
 
 
-def _launch(comm: Communicator, op_name: str, async_op: bool, run: Callable[[], Any]) -> Any:
+def _launch(comm: Communicator, op_name: str, async_op: bool, run: Callable[[], Any],
+            nbytes: int = 0, algorithm: str = "") -> Any:
+    if trace.ON:
+        run = traced(comm, op_name, run, nbytes, algorithm, queued=async_op)
     if async_op:
         return executor_for(comm).submit(op_name, run)
     drain(comm)
@@ -128,7 +132,7 @@ def _allreduce(tensor: Any, out: Any, op: "str | ReduceOp", algorithm: str,
             staged(c, inp, ob, lambda host: None)
         return result
 
-    return _launch(c, "allreduce", async_op, run)
+    return _launch(c, "allreduce", async_op, run, inp.nbytes, name)
 
 
 def broadcast(tensor: Any, root: int = 0, comm: Communicator | None = None,
@@ -150,7 +154,7 @@ def broadcast(tensor: Any, root: int = 0, comm: Communicator | None = None,
                    direct=lambda: c.bcast(buf, int(root)), copy_in=c.rank == root)
         return tensor
 
-    return _launch(c, "broadcast", async_op, run)
+    return _launch(c, "broadcast", async_op, run, buf.nbytes)
 
 
 def allgather(tensor: Any, out: Any = None, comm: Communicator | None = None,
@@ -171,7 +175,7 @@ def allgather(tensor: Any, out: Any = None, comm: Communicator | None = None,
             staged_gather(c, inp, ob)
         return result
 
-    return _launch(c, "allgather", async_op, run)
+    return _launch(c, "allgather", async_op, run, inp.nbytes)
 
 
 def staged_gather(c: Communicator, inp: Buffer, ob: Buffer) -> None:
@@ -222,7 +226,7 @@ def reduce_scatter(tensor: Any, out: Any = None, op: "str | ReduceOp" = "sum",
             staged(c, ob, ob, work, copy_in=False)
         return result
 
-    return _launch(c, "reduce_scatter", async_op, run)
+    return _launch(c, "reduce_scatter", async_op, run, inp.nbytes)
 
 
 def barrier(comm: Communicator | None = None, async_op: bool = False) -> Any:

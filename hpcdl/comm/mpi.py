@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 from mpi4py import MPI
 
+from .. import trace
 from ..buffers import Buffer
 from ..errors import CommError, DtypeError
 from ..ops import ReduceOp, dtype_name
@@ -55,15 +56,25 @@ def _spec(buf: "np.ndarray | Buffer", reduce: bool = False) -> list:
     return [buf.view(np.uint8) if buf.size else np.empty(0, np.uint8), buf.nbytes, MPI.BYTE]
 
 
+def _nbytes(args: tuple) -> int:
+    """Bytes of the first buffer argument (for the trace)."""
+    first = args[0] if args else None
+    return int(getattr(first, "nbytes", 0) or 0)
+
+
 def _mpi_errors(name: str) -> Callable[[F], F]:
     def deco(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(self: "MPICommunicator", *args: Any, **kwargs: Any) -> Any:
+            t0 = trace.now() if trace.ON else 0
             try:
                 return fn(self, *args, **kwargs)
             except MPI.Exception as exc:
                 raise CommError(f"MPI error: {exc.Get_error_string()}", rank=self.rank,
                                 size=self.size, op=name) from exc
+            finally:
+                if t0:
+                    trace.record(name, "mpi", t0, trace.now(), bytes=_nbytes(args))
         return wrapper  # type: ignore[return-value]
     return deco
 

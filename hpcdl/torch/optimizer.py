@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from .. import trace
 from ..collectives import allreduce
 from ..collectives.handle import drain
 from ..comm.base import Communicator
@@ -238,13 +239,19 @@ class DistributedOptimizer:
             self._next += 1
 
     def _launch(self, b: Bucket) -> None:
+        t0 = trace.now() if trace.ON else 0
         pack(b)
+        if t0:
+            trace.record(f"pack bucket {b.index}", "optimizer", t0, trace.now(),
+                         bytes=int(b.flat.numel() * b.flat.element_size()))
         if self.compression is None:
             payload, ctx = b.flat, None
         elif self._named_compress:
             payload, ctx = self.compression.compress(b.flat, name=f"hpcdl.bucket{b.index}")
         else:
             payload, ctx = self.compression.compress(b.flat)
+        if t0 and self.compression is not None:
+            trace.record(f"compress bucket {b.index}", "compression", t0, trace.now())
         handle = allreduce(payload, op="sum", algorithm=self.algorithm, comm=self.comm,
                            async_op=True)
         b.pending = (handle, payload, ctx)
@@ -265,10 +272,14 @@ class DistributedOptimizer:
             try:
                 for b in self._buckets:
                     handle, payload, ctx = b.pending
+                    t0 = trace.now() if trace.ON else 0
                     handle.wait()
                     reduced = payload if self.compression is None else \
                         self.compression.decompress(payload, ctx)
                     unpack(b, reduced, scale)
+                    if t0:
+                        trace.record(f"wait+unpack bucket {b.index}", "optimizer", t0,
+                                     trace.now())
             finally:
                 for b in self._buckets:
                     b.ready, b.launched, b.pending = 0, False, None

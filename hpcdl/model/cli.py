@@ -1,0 +1,149 @@
+"""``hpcdl model``: fit the cost model, show its error, project it, plot the crossovers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .fit import compare, fit
+from .measure import load_measurements, user_measurements_path
+from .project import PRESETS, Network, crossovers, parse_quantity, project
+
+__all__ = ["main"]
+
+RANKS = [8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(float(x)) for x in text.split(",") if x.strip()]
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:g} {unit}"
+    return f"{n:g} B"
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    from ..tune import powers_of_4
+
+    p = argparse.ArgumentParser(prog="hpcdl model", description=__doc__)
+    p.add_argument("--data", type=Path, help="measurements (default: the user's from "
+                   f"'hpcdl model measure' at {user_measurements_path()}, else the shipped ones)")
+    p.add_argument("--min-bytes", type=int, default=1 << 16,
+                   help="fit and judge sizes from this many bytes up (default 64 KiB)")
+    p.add_argument("--network", choices=sorted(PRESETS), default="hdr-ib",
+                   help="interconnect preset for the projection (default hdr-ib)")
+    p.add_argument("--alpha", help="network latency, e.g. 1.5us (overrides the preset)")
+    p.add_argument("--bandwidth", help="per-node bandwidth, e.g. 25GB/s or 200Gb/s")
+    p.add_argument("--ranks-per-node", type=int, default=8)
+    p.add_argument("--ranks", type=_sizes, default=RANKS, help="rank counts to project")
+    p.add_argument("--sizes", type=_sizes, default=powers_of_4(4096, 256 << 20),
+                   help="message sizes (bytes) to project")
+    p.add_argument("--plot", type=Path, help="write the projection plot (PNG) here")
+    p.add_argument("--json", type=Path, help="write fit, comparison and projection as JSON")
+    p.add_argument("--write-table", type=Path, metavar="TUNING_JSON",
+                   help="merge the projected crossovers into this tuning table for every "
+                        "projected rank count it has no measured rules for ('auto' reads it)")
+    return p.parse_args(list(argv))
+
+
+def _network(args: argparse.Namespace) -> Network:
+    base = PRESETS[args.network]
+    if args.alpha is None and args.bandwidth is None:
+        return base
+    return Network("custom", parse_quantity(args.alpha, "time") if args.alpha else base.alpha,
+                   parse_quantity(args.bandwidth, "rate") if args.bandwidth else base.bandwidth)
+
+
+def _write_table(path: Path, rules: dict[int, list[list[Any]]], source: str) -> list[int]:
+    from ..tune import merge_rules
+
+    table = json.loads(path.read_text()) if path.is_file() else {"rules": {}}
+    measured = set(table.get("rules", {}).get("float", {}))
+    written = [p for p in sorted(rules) if str(p) not in measured]
+    for p in written:
+        merge_rules(path, p, {"float": rules[p]}, source)
+    return written
+
+
+def report(args: argparse.Namespace) -> int:
+    data = load_measurements(args.data)
+    f = fit(data, args.min_bytes)
+    print(f"measurements: {data.get('source', '?')}")
+    t = f.transport
+    print(f"transport (ping-pong): alpha {t.alpha * 1e6:.2f} us, beta {t.beta * 1e9:.4f} ns/B "
+          f"({1 / t.beta / 1e9 if t.beta else float('inf'):.2f} GB/s); "
+          f"gamma {t.gamma * 1e9:.4f} ns/B")
+    print(f"\nfitted per algorithm (sizes >= {_human(args.min_bytes)}):")
+    print(f"{'algorithm':>12} {'alpha(us)':>10} {'beta(ns/B)':>11} {'GB/s':>7} {'gamma(ns/B)':>12}")
+    for name, prm in f.algorithms.items():
+        bw = 1 / prm.beta / 1e9 if prm.beta else float("inf")
+        print(f"{name:>12} {prm.alpha * 1e6:10.2f} {prm.beta * 1e9:11.4f} {bw:7.2f} "
+              f"{prm.gamma * 1e9:12.4f}")
+    rows = compare(data, f)
+    print(f"\nmodel vs measured (error = predicted / measured - 1; judged from "
+          f"{_human(args.min_bytes)} up):")
+    print(f"{'ranks':>5} {'algorithm':>10} {'size':>10} {'measured(us)':>13} "
+          f"{'model(us)':>10} {'error':>7}")
+    worst = 0.0
+    for r in rows:
+        judged = r["bytes"] >= args.min_bytes
+        worst = max(worst, abs(r["error"])) if judged else worst
+        print(f"{r['ranks']:5d} {r['algorithm']:>10} {_human(r['bytes']):>10} "
+              f"{r['measured_s'] * 1e6:13.1f} {r['predicted_s'] * 1e6:10.1f} "
+              f"{100 * r['error']:+6.1f}%{'' if judged else '  (not judged)'}")
+    print(f"largest error from {_human(args.min_bytes)} up: {100 * worst:.1f}%")
+
+    net = _network(args)
+    proj = project(f, net, args.ranks_per_node, args.ranks, args.sizes)
+    print(f"\nprojection: {net.describe()}, {args.ranks_per_node} ranks per node; "
+          "time (us) of each algorithm, fastest marked *")
+    names = list(next(iter(next(iter(proj.values())).values())))
+    rules = {p: crossovers(per_size) for p, per_size in proj.items()}
+    for p, per_size in proj.items():
+        print(f"\n{p} ranks ({-(-p // args.ranks_per_node)} nodes)")
+        print(f"{'size':>10} " + " ".join(f"{n:>13}" for n in names))
+        for n, times in per_size.items():
+            best = min(times, key=times.get)
+            print(f"{_human(n):>10} " + " ".join(
+                f"{times[a] * 1e6:12.1f}{'*' if a == best else ' '}" for a in names))
+    print("\ncrossover table ('auto' rules: the first entry whose max_bytes >= size wins)")
+    for p, r in rules.items():
+        print(f"{p:>5} ranks: " + ", ".join(
+            f"<= {_human(lim)}: {a}" if lim is not None else f"above: {a}" for lim, a in r))
+    if args.plot:
+        from .plot import plot_projection
+
+        plot_projection(proj, net, args.ranks_per_node, args.plot)
+        print(f"\nwrote {args.plot}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "fit": {n: vars(p) for n, p in f.algorithms.items()},
+            "transport": vars(f.transport), "comparison": rows,
+            "projection": {str(p): {str(n): v for n, v in s.items()} for p, s in proj.items()},
+            "crossovers": {str(p): r for p, r in rules.items()}}, indent=1))
+    if args.write_table:
+        written = _write_table(args.write_table, rules, f"hpcdl model projection, "
+                               f"{net.describe()}, {args.ranks_per_node} ranks per node")
+        print(f"\n{args.write_table}: projected rules for {written or 'no'} rank counts "
+              "(measured rank counts kept)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "measure":
+        from .measure_cli import main as measure
+
+        return measure(argv[1:])
+    try:
+        return report(_parse(argv))
+    except (ValueError, OSError) as exc:
+        print(f"hpcdl model: {exc}", file=sys.stderr)
+        return 2

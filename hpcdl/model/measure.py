@@ -1,0 +1,133 @@
+"""``hpcdl model measure``: the timings the cost model is fitted to.
+
+Inside a job (any rank count) it measures, and rank 0 merges into a JSON file
+under ``runs[<rank count>]``:
+
+* ``pingpong``: half the round trip of a message between ranks 0 and 1, per
+  size: the transport's own alpha and beta;
+* ``reduce``: one local reduction (``numpy.add`` in place, float32) per size:
+  gamma;
+* ``allreduce``: every flat algorithm (``hpcdl.allreduce(algorithm=...)``)
+  per size, the median of the slowest rank's time, best of ``--rounds``
+  rounds in rotated order (``hpcdl.tune.time_op``).
+
+Outside a job it launches itself at each of ``--ranks`` (like ``hpcdl tune``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .costs import FLAT
+
+__all__ = ["measure_here", "merge_run", "load_measurements", "user_measurements_path",
+           "DEFAULT_MEASUREMENTS"]
+
+#: Measured on the 2-core CI VM (Open MPI 5 shared memory); used when you have none.
+DEFAULT_MEASUREMENTS = Path(__file__).with_name("default_measurements.json")
+
+
+def user_measurements_path() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "hpcdl" / "model.json"
+
+
+def load_measurements(path: Path | None = None) -> dict[str, Any]:
+    """The measurements at ``path``; else the user's file; else the shipped default."""
+    if path is None:
+        path = user_measurements_path()
+        if not path.is_file():
+            path = DEFAULT_MEASUREMENTS
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), dict) or not data["runs"]:
+        raise ValueError(f"{path}: expected an object with a non-empty 'runs' object "
+                         "(write one with 'hpcdl model measure')")
+    return data
+
+
+def _pingpong(comm: Any, sizes: list[int], reps: int) -> list[list[float]]:
+    rows = []
+    for nbytes in sizes:
+        buf = np.zeros(max(1, nbytes), np.uint8)
+        best = float("inf")
+        for _ in range(3):
+            comm.barrier()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                if comm.rank == 0:
+                    comm.send(buf, 1, 77)
+                    comm.recv(buf, 1, 77)
+                elif comm.rank == 1:
+                    comm.recv(buf, 0, 77)
+                    comm.send(buf, 0, 77)
+            best = min(best, (time.perf_counter() - t0) / reps / 2)
+        rows.append([nbytes, best])
+    return rows
+
+
+def _reduce(sizes: list[int]) -> list[list[float]]:
+    rows = []
+    for nbytes in sizes:
+        a = np.random.default_rng(0).random(nbytes // 4, dtype=np.float32)
+        b = a.copy()
+        reps = max(3, int(2e8 // max(nbytes, 1)))
+        np.add(a, b, out=a)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            np.add(a, b, out=a)
+        rows.append([nbytes, (time.perf_counter() - t0) / reps])
+    return rows
+
+
+def measure_here(sizes: list[int], rounds: int = 2, budget_s: float = 0.05,
+                 algorithms: tuple[str, ...] = FLAT) -> dict[str, Any]:
+    """Collective over the default communicator; returns the run's record on every rank."""
+    import hpcdl
+    from ..tune import time_op
+
+    ctx = hpcdl.init()
+    comm = ctx.comm
+    big = [s for s in sizes if s >= 1 << 20] or sizes[-1:]
+    record: dict[str, Any] = {
+        "ranks": comm.size, "ranks_per_node": ctx.local_size, "nodes": ctx.num_nodes,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(), "mpi": ctx.mpi_library,
+        "pingpong": _pingpong(comm, [s for s in sizes if s <= 16 << 20],
+                              reps=20) if comm.size > 1 else [],
+        "reduce": _reduce(big), "allreduce": {}}
+    timings: dict[str, dict[int, float]] = {a: {} for a in algorithms}
+    for nbytes in sizes:
+        buf = np.zeros(max(1, nbytes // 4), np.float32)
+        for rnd in range(rounds):
+            for k in range(len(algorithms)):
+                name = algorithms[(k + rnd) % len(algorithms)]
+                seconds = time_op(comm, lambda name=name: hpcdl.allreduce(buf, algorithm=name,
+                                                                          comm=comm),
+                                  budget_s=budget_s, min_iters=3)
+                timings[name][nbytes] = min(timings[name].get(nbytes, float("inf")), seconds)
+        if comm.rank == 0:
+            row = "  ".join(f"{a} {timings[a][nbytes] * 1e6:9.1f}" for a in algorithms)
+            print(f"n={comm.size} {nbytes:>10d} B  {row} us", flush=True)
+    record["allreduce"] = {a: sorted([n, t] for n, t in timings[a].items()) for a in algorithms}
+    return record
+
+
+def merge_run(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Put ``record`` under ``runs[<its rank count>]`` of the file at ``path`` (atomically)."""
+    data = json.loads(path.read_text()) if path.is_file() else {"version": 1, "runs": {}}
+    data["runs"][str(record["ranks"])] = record
+    data["source"] = (f"hpcdl model measure on {socket.gethostname()}, "
+                      f"{datetime.datetime.now().isoformat(timespec='seconds')}, {record['mpi']}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    return data
