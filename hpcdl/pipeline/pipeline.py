@@ -99,6 +99,9 @@ class Pipeline:
         except (ValueError, RuntimeError) as e:
             raise InvalidArgumentError(f"torch's {cls.__name__} refuses this setup: {e}",
                                        **where) from e
+        # Forward-only runs get their own schedule without a loss: torch's eval()
+        # on a schedule that has one still computes it, and needs targets.
+        self._forward_only = cls(stage_arg, n_microbatches, scale_grads=False)
         self.meter = ActivationMeter(self.stages)
         self.timelines = [Timeline(s) for s in self.stages]
 
@@ -188,7 +191,7 @@ class Pipeline:
         if g.is_first:
             xp = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])]) if pad else x
             args = (xp.to(self.device),)
-        out = self._run("pipeline.predict", lambda: self.schedule.eval(*args))
+        out = self._run("pipeline.predict", lambda: self._forward_only.step(*args))
         return out[:n] if g.is_last else None
 
     # -- bookkeeping ---------------------------------------------------------------------
