@@ -158,8 +158,9 @@ class Pipeline:
         the last stage, ``None`` elsewhere.
         """
         g = self.grid
-        self._check_batch("pipeline.step", x if g.is_first else None,
-                          target if g.is_last else None)
+        # Every rank checks what it was given, so a bad batch passed everywhere
+        # fails everywhere before any send (a middle stage would otherwise wait).
+        self._check_batch("pipeline.step", x, target)
         if g.is_first and x is None:
             raise InvalidArgumentError("the first stage needs the input batch x",
                                        rank=g.rank, op="pipeline.step")

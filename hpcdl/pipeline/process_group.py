@@ -25,7 +25,7 @@ from hpcdl.errors import InvalidArgumentError
 __all__ = ["BACKEND", "init_process_group", "DEFAULT_TIMEOUT_S"]
 
 #: The torch backend the pipeline runs over (env ``HPCDL_PIPELINE_BACKEND`` overrides).
-BACKEND = os.environ.get("HPCDL_PIPELINE_BACKEND", "gloo")
+BACKEND = os.environ.get("HPCDL_PIPELINE_BACKEND", "hpcdl")
 
 #: Every send/recv of a stage waits at most this long (a dead peer must not hang the job).
 DEFAULT_TIMEOUT_S = float(os.environ.get("HPCDL_PIPELINE_TIMEOUT", "300"))
