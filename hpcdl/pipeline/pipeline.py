@@ -1,0 +1,214 @@
+"""A pipelined model on the rank grid: torch's schedules, hpcdl's ranks and gradients.
+
+    grid = hpcdl.pipeline.Grid(stages=2)                      # S x D over the job's ranks
+    pipe = hpcdl.pipeline.Pipeline(my_stage, grid, n_microbatches=4,
+                                   loss_fn=nn.functional.cross_entropy, schedule="1f1b")
+    opt = pipe.distributed_optimizer(torch.optim.Adam(my_stage.parameters()))
+    loss = pipe.step(x, y)      # float on the last stage, None elsewhere
+    opt.step()
+
+The schedules are ``torch.distributed.pipelining``'s (``ScheduleGPipe``,
+``Schedule1F1B``, ``ScheduleInterleaved1F1B``); this class adds what an MPI
+job needs around them: the grid's process groups, full-batch gradient scaling,
+the average over the D replicas with hpcdl's allreduce (overlapped with the
+last micro-batch's backward), input checks before any communication, errors
+that name the failing rank and stage, and activation / timeline bookkeeping.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
+                                          ScheduleInterleaved1F1B)
+
+from hpcdl.errors import HpcdlError, InvalidArgumentError
+
+from .grid import Grid
+from .meter import ActivationMeter, Timeline
+
+__all__ = ["Pipeline", "StageError", "SCHEDULES"]
+
+SCHEDULES: dict[str, type] = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B,
+                              "interleaved1f1b": ScheduleInterleaved1F1B}
+
+
+class StageError(HpcdlError):
+    """A pipeline stage failed while running its part of a step."""
+
+
+class Pipeline:
+    """This rank's stage(s) of a pipelined model, driven by one of torch's schedules.
+
+    Args:
+        module: this rank's stage; for ``"interleaved1f1b"`` a list of V modules,
+            the k-th being virtual stage ``grid.stage + k * S`` of ``S * V``.
+        grid: the :class:`Grid` (S stages x D replicas).
+        n_microbatches: M; every batch must divide into M equal micro-batches.
+        loss_fn: ``loss_fn(output, target)``, mean over the micro-batch
+            (``cross_entropy``'s default): it is scaled by ``1/M`` so the
+            accumulated gradient is the full batch's mean gradient.
+        schedule: ``"gpipe"``, ``"1f1b"`` or ``"interleaved1f1b"``.
+    """
+
+    def __init__(self, module: "nn.Module | Sequence[nn.Module]", grid: Grid,
+                 n_microbatches: int, loss_fn: Callable[[Any, Any], torch.Tensor],
+                 schedule: str = "1f1b", device: "torch.device | str" = "cpu") -> None:
+        self.grid = grid
+        rank = grid.rank
+        where = dict(rank=rank, op="pipeline.Pipeline")
+        name = str(schedule).lower()
+        if name not in SCHEDULES:
+            raise InvalidArgumentError(f"schedule={schedule!r}; choose from "
+                                       f"{', '.join(SCHEDULES)}", **where)
+        if not isinstance(n_microbatches, int) or n_microbatches < 1:
+            raise InvalidArgumentError(f"n_microbatches={n_microbatches!r}; must be an int "
+                                       ">= 1", **where)
+        mods = list(module) if isinstance(module, (list, tuple)) else [module]
+        if name != "interleaved1f1b" and len(mods) != 1:
+            raise InvalidArgumentError(f"schedule {name!r} runs one stage per rank; got "
+                                       f"{len(mods)} modules (use 'interleaved1f1b')", **where)
+        self.schedule_name, self.n_microbatches, self.modules = name, n_microbatches, mods
+        self.device = torch.device(device)
+        v = len(mods)
+        self.num_stages = grid.stages * v
+        self.stage_indices = [grid.stage + k * grid.stages for k in range(v)]
+        self.stages = [PipelineStage(m, i, self.num_stages, self.device, group=grid.pp_group)
+                       for m, i in zip(mods, self.stage_indices)]
+        m = n_microbatches
+
+        def scaled_loss(output: Any, target: Any) -> torch.Tensor:
+            # A mean over the micro-batch, / M: the sum over micro-batches is the
+            # full batch's mean, and so is the gradient autograd accumulates.
+            return loss_fn(output, target) / m
+
+        cls = SCHEDULES[name]
+        stage_arg: Any = self.stages if name == "interleaved1f1b" else self.stages[0]
+        # scale_grads=False: the loss is already scaled, and torch's post-hoc
+        # division would come after the replicas' allreduce has packed the gradients.
+        if name == "1f1b" and n_microbatches < self.num_stages:
+            raise InvalidArgumentError(f"1F1B needs n_microbatches >= stages (torch's "
+                                       f"Schedule1F1B); got M={n_microbatches} for "
+                                       f"{self.num_stages} stages: use 'gpipe' or more "
+                                       "micro-batches", **where)
+        try:
+            self.schedule = cls(stage_arg, n_microbatches, loss_fn=scaled_loss,
+                                scale_grads=False)
+        except (ValueError, RuntimeError) as e:
+            raise InvalidArgumentError(f"torch's {cls.__name__} refuses this setup: {e}",
+                                       **where) from e
+        # Forward-only runs get their own schedule without a loss: torch's eval()
+        # on a schedule that has one still computes it, and needs targets.
+        self._forward_only = cls(stage_arg, n_microbatches, scale_grads=False)
+        self.meter = ActivationMeter(self.stages)
+        self.timelines = [Timeline(s) for s in self.stages]
+
+    # -- gradients across replicas -------------------------------------------------------
+    def distributed_optimizer(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+        """``optimizer`` whose ``step()`` first averages this stage's gradients over the D
+        replicas (hpcdl's allreduce on ``grid.dp_comm``, started by gradient hooks as soon
+        as the last micro-batch's backward has produced them). D = 1: ``optimizer`` itself."""
+        if self.grid.replicas == 1:
+            return optimizer
+        from hpcdl.torch import DistributedOptimizer
+
+        named = [(f"stage{i}.{n}", p) for i, mod in zip(self.stage_indices, self.modules)
+                 for n, p in mod.named_parameters()]
+        return DistributedOptimizer(optimizer, named_parameters=named,
+                                    backward_passes_per_step=self.n_microbatches,
+                                    comm=self.grid.dp_comm, **kwargs)
+
+    # -- one step ------------------------------------------------------------------------
+    def _check_batch(self, op: str, *tensors: Any) -> int | None:
+        sizes = {len(t) for t in tensors if t is not None}
+        if len(sizes) > 1:
+            raise InvalidArgumentError(f"inputs and targets have different batch sizes "
+                                       f"{sorted(sizes)}", rank=self.grid.rank, op=op)
+        if not sizes:
+            return None
+        b = sizes.pop()
+        if b < self.n_microbatches or b % self.n_microbatches:
+            raise InvalidArgumentError(f"batch of {b} does not split into "
+                                       f"n_microbatches={self.n_microbatches} equal "
+                                       "micro-batches; use a batch size that is a multiple "
+                                       f"of {self.n_microbatches}", rank=self.grid.rank, op=op)
+        return b
+
+    def _run(self, op: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except HpcdlError:
+            raise
+        except Exception as e:
+            g = self.grid
+            raise StageError(f"stage {g.stage} (of {g.stages}) of replica {g.replica} failed "
+                             f"in the {self.schedule_name} schedule: {type(e).__name__}: {e}",
+                             rank=g.rank, op=op) from e
+
+    def step(self, x: torch.Tensor | None = None,
+             target: torch.Tensor | None = None) -> float | None:
+        """Forward and backward of one batch through the pipeline.
+
+        ``x`` is read on the first stage, ``target`` on the last (pass them
+        everywhere, or ``None`` where unused). Afterwards every stage's ``.grad``
+        holds its share of the full batch's mean gradient (accumulated: zero the
+        gradients before the step, as usual). Returns the batch's mean loss on
+        the last stage, ``None`` elsewhere.
+        """
+        g = self.grid
+        # Every rank checks what it was given, so a bad batch passed everywhere
+        # fails everywhere before any send (a middle stage would otherwise wait).
+        self._check_batch("pipeline.step", x, target)
+        if g.is_first and x is None:
+            raise InvalidArgumentError("the first stage needs the input batch x",
+                                       rank=g.rank, op="pipeline.step")
+        if g.is_last and target is None:
+            raise InvalidArgumentError("the last stage needs the target batch",
+                                       rank=g.rank, op="pipeline.step")
+        self.meter.reset()
+        losses: list[torch.Tensor] = []
+        args = (x.to(self.device),) if g.is_first else ()
+        tgt = target.to(self.device) if g.is_last else None
+        self._run("pipeline.step", lambda: self.schedule.step(
+            *args, target=tgt, losses=losses if g.is_last else None, return_outputs=False))
+        if not g.is_last:
+            return None
+        return float(sum(float(l.detach()) for l in losses))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Forward only: the model's output for ``x`` on the last stage, ``None`` elsewhere.
+
+        Pass ``x`` on every stage of the pipeline (only the first reads its values; the
+        others need its length): a batch that does not divide into M micro-batches
+        is padded with copies of its last row, and the padding is cut off the output.
+        """
+        n = len(x)
+        m = self.n_microbatches
+        pad = max(m, -(-n // m) * m) - n
+        g = self.grid
+        args: tuple = ()
+        if g.is_first:
+            xp = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])]) if pad else x
+            args = (xp.to(self.device),)
+        out = self._run("pipeline.predict", lambda: self._forward_only.step(*args))
+        return out[:n] if g.is_last else None
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    @property
+    def peak_activations(self) -> int:
+        """Most micro-batches whose activations this rank held at once in the last step."""
+        return self.meter.peak_microbatches
+
+    @property
+    def peak_activation_bytes(self) -> int:
+        return self.meter.peak_bytes
+
+    def record_timeline(self, on: bool = True) -> None:
+        for t in self.timelines:
+            t.enabled = on
+            t.events.clear()
+
+    def timeline(self) -> list[tuple[str, int, float, float]]:
+        return sorted((e for t in self.timelines for e in t.events), key=lambda e: e[2])

@@ -1,0 +1,75 @@
+"""Pipeline jobs under their own mpiexec (serial pass only).
+
+* A stage that raises ends the whole job, and the output names its rank.
+* The main job's ``--mode pipeline`` trains at 4 ranks (S=2 x D=2, and S=4).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+HPCDL = Path(sys.executable).parent / "hpcdl"
+
+
+def clean_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for k in [k for k in env if k.startswith(("OMPI_", "PMIX_", "PRTE_"))]:
+        env.pop(k)  # a clean launch even when pytest itself runs under mpiexec
+    return env
+
+
+FAILING = textwrap.dedent("""
+    import torch
+    from torch import nn
+    import hpcdl, hpcdl.pipeline as hp
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise ValueError("stage module exploded")
+
+    ctx = hpcdl.init()
+    grid = hp.Grid(stages=ctx.size)
+    mod = Broken() if grid.stage == 1 else nn.Linear(4, 4)
+    pipe = hp.Pipeline(mod, grid, 2, nn.functional.mse_loss, schedule="1f1b")
+    pipe.step(torch.randn(4, 4), torch.randn(4, 4))
+    print("NOT REACHED", flush=True)
+""")
+
+
+@pytest.mark.spawns
+def test_a_failing_stage_ends_the_job_naming_its_rank(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text(FAILING)
+    done = subprocess.run([str(HPCDL), "launch", "-n", "3", "--", "python", str(script)],
+                          capture_output=True, text=True, timeout=180, env=clean_env())
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out[-3000:]
+    assert "NOT REACHED" not in out
+    assert "[hpcdl rank 1/3] pipeline.step: stage 1 (of 3) of replica 0 failed" in out, \
+        out[-3000:]
+    assert "stage module exploded" in out
+
+
+@pytest.mark.spawns
+@pytest.mark.parametrize("stages", [2, 4])
+def test_main_job_pipeline_mode_trains_at_four_ranks(tmp_path, stages):
+    cmd = [str(HPCDL), "launch", "-n", "4", "--", "python", "-m", "hpcdl.examples.train",
+           "--mode", "pipeline", "--stages", str(stages), "--epochs", "8",
+           "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=clean_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["mode"] == "pipeline" and metrics["ranks"] == 4
+    assert metrics["settings"]["stages"] == stages
+    assert metrics["settings"]["replicas"] == 4 // stages
+    assert len(metrics["settings"]["stage_parameters"]) == stages
+    assert all(set(e) >= {"epoch", "loss", "accuracy", "samples_per_s"}
+               for e in metrics["epochs"])
+    assert metrics["test_accuracy"] >= 0.9, metrics["epochs"]
