@@ -84,9 +84,18 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+CMD=
+trap '[[ -n $CMD ]] && kill -TERM "$CMD" 2>/dev/null; exit 130' INT
+trap '[[ -n $CMD ]] && kill -TERM "$CMD" 2>/dev/null; exit 143' TERM
 
+UTS=0
+mkdir -p "$T/spool" "$T/tmp"
+if unshare --uts --mount sh -c "mount --bind $T/tmp $T/spool" 2>/dev/null; then UTS=1
+elif (( NODES > 1 )); then
+    echo "cluster.sh: WARNING: unshare --uts --mount failed: the $NODES nodes share one hostname" \
+         "and one spool folder, so MPI jobs spanning them cannot start (HPCDL_SLURM_UTS=0 tells the tests)" >&2
+fi
+export HPCDL_SLURM_UTS=$UTS
 PORT=${HPCDL_SLURM_PORT:-16817}
 CPUS=${HPCDL_SLURM_CPUS:-$(nproc)}
 HOST=$(hostname -s)
@@ -109,8 +118,13 @@ write_conf() {  # $1: node name, for TmpFS (pmix collides when two slurmd share 
         echo "AuthInfo=socket=$T/munge/munge.socket"
         echo "CredType=cred/munge"
         echo "StateSaveLocation=$T/state"
-        echo "SlurmdSpoolDir=$dir/spool"
-        echo "TmpFS=$dir/tmp"
+        if (( UTS )); then  # one path, a different folder on each node (bind mounts)
+            echo "SlurmdSpoolDir=$T/spool"
+            echo "TmpFS=$T/tmp"
+        else
+            echo "SlurmdSpoolDir=$dir/spool"
+            echo "TmpFS=$dir/tmp"
+        fi
         echo "SlurmctldPidFile=$T/slurmctld.pid"
         echo "SlurmdPidFile=$dir/slurmd.pid"
         echo "SlurmctldLogFile=$T/slurmctld.log"
@@ -130,12 +144,18 @@ write_conf() {  # $1: node name, for TmpFS (pmix collides when two slurmd share 
         echo "InactiveLimit=0"
         echo "MinJobAge=30"
         for (( n=1; n<=NODES; n++ )); do
-            echo "NodeName=n$n NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((PORT + n)) CPUs=$CPUS State=UNKNOWN"
+            echo "NodeName=n$n NodeAddr=127.0.0.1 Port=$((PORT + n)) CPUs=$CPUS State=UNKNOWN"
         done
         echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=30 State=UP OverSubscribe=NO"
     } >"$dir/slurm.conf"
     # The Open MPI wheel's PMIx has no munge security module: native it is, in every step.
     echo "PMIxEnv=PMIX_SECURITY_MODE=native" >"$dir/mpi.conf"
+    # Both stepds share one host: route their PMIx traffic through slurmd (direct
+    # connections resolved the peer's socket path with the local node's spool folder),
+    # and give each node its own client folder (a shared one let ranks find the other
+    # node's PMIx server and hang in MPI_Init).
+    echo "PMIxDirectConn=false" >>"$dir/mpi.conf"
+    echo "PMIxCliTmpDirBase=$dir/tmp" >>"$dir/mpi.conf"
 }
 for (( n=1; n<=NODES; n++ )); do write_conf "n$n"; done
 export SLURM_CONF=$T/n1/slurm.conf
@@ -146,14 +166,23 @@ start() {  # $1: log name, rest: command
     env "$MARK" "$@" >"$log" 2>&1 &
     PIDS+=($!)
 }
-start munged runuser -u munge -- munged --foreground --force --socket "$T/munge/munge.socket" \
+start munged setpriv --reuid=munge --regid=munge --init-groups munged --foreground --force --socket "$T/munge/munge.socket" \
     --key-file "$T/munge/munge.key" --pid-file "$T/munge/munged.pid" \
     --seed-file "$T/munge/munged.seed" --log-file "$T/munged.log"
 for _ in $(seq 100); do [[ -S $T/munge/munge.socket ]] && break; sleep 0.1; done
 [[ -S $T/munge/munge.socket ]] || { echo "cluster.sh: munged did not start" >&2; cat "$T/munged.out" >&2; exit 1; }
 start slurmctld slurmctld -D -i -f "$T/n1/slurm.conf"
 for (( n=1; n<=NODES; n++ )); do
-    start "slurmd-n$n" slurmd -D -N "n$n" -f "$T/n$n/slurm.conf"
+    # Each emulated node gets its own hostname (a UTS namespace): Slurm's PMIx tells
+    # Open MPI the host by gethostname(), and two nodes named alike made MPI_Init hang.
+    # unshare without --fork and sh's exec keep the PID we record that of slurmd itself.
+    if (( UTS )); then
+        start "slurmd-n$n" unshare --uts --mount sh -c \
+            'hostname "$0" && mount --bind "$1/$0/spool" "$1/spool" && mount --bind "$1/$0/tmp" "$1/tmp" && shift && exec "$@"' \
+            "n$n" "$T" slurmd -D -N "n$n" -f "$T/n$n/slurm.conf"
+    else
+        start "slurmd-n$n" slurmd -D -N "n$n" -f "$T/n$n/slurm.conf"
+    fi
 done
 
 # ---- 4. wait until every node is idle ------------------------------------------------
@@ -173,6 +202,10 @@ done
 echo "cluster.sh: $NODES node(s) idle ($(tr '\n' ' ' <<<"$states")) in ${SECONDS}s; SLURM_CONF=$SLURM_CONF"
 
 # ---- 5. the command; its exit code is ours ------------------------------------------
+# In the background + wait, so that a TERM/INT to this script runs the trap at once
+# (bash defers traps until a foreground child returns).
 set +e
-"$@"
+"$@" &
+CMD=$!
+wait "$CMD"
 exit $?
