@@ -13,9 +13,10 @@ See docs/training.md.
 
 from .amp import GradScaler, agree_found_inf
 from .broadcast import broadcast_object, broadcast_optimizer_state, broadcast_parameters
+from ..ps.torch import ParameterServer
 from .optimizer import DEFAULT_FUSION_MB, DistributedOptimizer
 from .sampler import DistributedSampler
 
 __all__ = ["DistributedOptimizer", "DEFAULT_FUSION_MB", "broadcast_parameters",
            "broadcast_optimizer_state", "broadcast_object", "DistributedSampler",
-           "GradScaler", "agree_found_inf"]
+           "GradScaler", "agree_found_inf", "ParameterServer"]

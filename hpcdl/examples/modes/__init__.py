@@ -15,6 +15,9 @@ __all__ = ["MODES", "DEFAULT_MODE", "load_mode"]
 DEFAULT_MODE = "allreduce"
 MODES: dict[str, str] = {
     "allreduce": "hpcdl.examples.modes.allreduce",
+    "ps-sync": "hpcdl.examples.modes.ps",
+    "ps-async": "hpcdl.examples.modes.ps",
+    "ssp": "hpcdl.examples.modes.ps",
 }
 
 
