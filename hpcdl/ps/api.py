@@ -65,8 +65,10 @@ def setup(params: "Mapping[str, Any] | Sequence[tuple[str, Any]] | None" = None,
     workers. ``params``: named arrays or tensors (required on workers, ignored on
     servers). ``optimizer``: :class:`SGD`, :class:`Adam` or a torch SGD/Adam.
     ``store``: ``"memory"`` or ``"disk"`` (server ``i`` keeps ``path/server<i>``)."""
-    roles = make_roles(comm, num_servers, server_ranks)
-    rank, size = roles.rank, roles.size
+    from ..runtime import default_comm
+
+    base = default_comm(comm)
+    rank, size = base.rank, base.size
 
     def bad(msg: str) -> InvalidArgumentError:
         return InvalidArgumentError(msg, rank=rank, size=size, op="ps.setup")
@@ -83,10 +85,13 @@ def setup(params: "Mapping[str, Any] | Sequence[tuple[str, Any]] | None" = None,
         raise bad(f"timeout={timeout!r}; must be > 0 seconds")
     if not isinstance(optimizer, (optim.SGD, optim.Adam)):
         optimizer = optim.from_torch(optimizer)
+    roles = make_roles(base, num_servers, server_ranks)
     mine = None if roles.is_server else _layout(params)
-    if not roles.is_server and mine is None:
-        raise bad("workers must pass params (named arrays or tensors)")
     layouts = roles.mpi.allgather(mine)   # on the PS communicator: every rank, both kinds
+    missing = [w for w in roles.workers if layouts[w] is None]
+    if missing:   # raised on every rank alike: nobody is left waiting
+        raise bad(f"worker ranks {missing} passed no params (workers must pass named arrays "
+                  "or tensors)")
     ref = layouts[roles.first_worker]
     for w in roles.workers:
         if layouts[w] != ref:
