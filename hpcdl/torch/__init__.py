@@ -18,12 +18,14 @@ from .amp import GradScaler, agree_found_inf
 from .backend import Options as BackendOptions
 from .backend import init_process_group, register as _register_backend
 from .broadcast import broadcast_object, broadcast_optimizer_state, broadcast_parameters
+from ..ps.torch import ParameterServer
 from .optimizer import DEFAULT_FUSION_MB, DistributedOptimizer
 from .sampler import DistributedSampler
 
 __all__ = ["DistributedOptimizer", "DEFAULT_FUSION_MB", "broadcast_parameters",
            "broadcast_optimizer_state", "broadcast_object", "DistributedSampler",
-           "GradScaler", "agree_found_inf", "init_process_group", "BackendOptions"]
+           "GradScaler", "agree_found_inf", "init_process_group", "BackendOptions",
+           "ParameterServer"]
 
 # `import hpcdl.torch` makes torch.distributed.init_process_group("hpcdl") work.
 _register_backend()

@@ -16,6 +16,9 @@ DEFAULT_MODE = "allreduce"
 MODES: dict[str, str] = {
     "allreduce": "hpcdl.examples.modes.allreduce",
     "pipeline": "hpcdl.examples.modes.pipeline",
+    "ps-sync": "hpcdl.examples.modes.ps",
+    "ps-async": "hpcdl.examples.modes.ps",
+    "ssp": "hpcdl.examples.modes.ps",
 }
 
 

@@ -1,0 +1,73 @@
+"""The wire protocol between workers and servers: tags, message kinds, headers.
+
+Everything travels on the parameter server's own ``Dup`` of the job's
+communicator, so no message of ours can match a receive of a collective or of
+the user's code. Each request is two messages sent back to back, a fixed
+``int64`` header and (for pushes) the payload; MPI's non-overtaking rule for one
+(source, tag, communicator) keeps them paired without copying the gradient into
+a combined buffer. Tags stay far below 32767, the smallest ``MPI_TAG_UB`` the
+standard guarantees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["TAG_REQUEST", "TAG_PUSH_DATA", "TAG_REPLY", "TAG_REPLY_DATA", "TAG_ERROR",
+           "TAG_ERROR_TEXT", "TAG_INIT", "PUSH", "PULL", "DONE", "HEADER_LEN", "header",
+           "encode_text", "decode_text", "PSError", "PSTimeoutError", "poll"]
+
+TAG_REQUEST = 7101      # worker -> server: header (PUSH / PULL / DONE)
+TAG_PUSH_DATA = 7102    # worker -> server: the gradient shard of a PUSH
+TAG_REPLY = 7103        # server -> worker: header (version, clock, staleness)
+TAG_REPLY_DATA = 7104   # server -> worker: the parameter shard
+TAG_ERROR = 7105        # either way: header saying an error text follows
+TAG_ERROR_TEXT = 7106   # either way: the error text (utf-8)
+TAG_INIT = 7107         # first worker -> server at setup: the initial parameter shard
+
+PUSH, PULL, DONE = 1, 2, 3
+
+# [kind, clock, payload elements, compressed (0/1), rank of the sender, spare]
+HEADER_LEN = 6
+
+
+def header(kind: int, clock: int = 0, count: int = 0, compressed: int = 0, rank: int = 0,
+           spare: int = 0) -> np.ndarray:
+    return np.array([kind, clock, count, compressed, rank, spare], dtype=np.int64)
+
+
+def encode_text(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
+
+
+def decode_text(buf: np.ndarray) -> str:
+    return bytes(buf).decode("utf-8", errors="replace")
+
+
+from ..errors import HpcdlError  # noqa: E402
+
+
+class PSError(HpcdlError):
+    """A parameter server job failed; the message names the rank that caused it."""
+
+
+class PSTimeoutError(PSError, TimeoutError):
+    """A wait of the parameter server ran past its ``timeout`` (a peer stopped talking)."""
+
+
+def poll(test: "callable", timeout: float, on_idle: "callable | None" = None) -> bool:
+    """Call ``test()`` until it returns True, sleeping a little longer each idle round
+    (up to 1 ms) so waiting ranks leave the cores to ranks that compute; ``on_idle``
+    runs each round (error checks). False once ``timeout`` seconds have passed."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    idle = 0
+    while not test():
+        if on_idle is not None:
+            on_idle()
+        if time.monotonic() > deadline:
+            return False
+        idle += 1
+        time.sleep(0 if idle < 20 else min(1e-3, 2e-5 * (idle - 19)))
+    return True

@@ -1,0 +1,249 @@
+"""The server loop: receive pushes, apply the optimizer, answer with parameters.
+
+One thread, no blocking call: each round tests the receives and sends in
+flight, matches at most one new message with ``Improbe``, and sleeps a little
+when there is nothing to do. So a slow worker never holds the server up (its
+messages are simply not there yet), and a silent job ends with a
+:class:`PSTimeoutError` that names the workers it was waiting for.
+
+Consistency (``k`` = the clock a worker wants to start after pushing clock ``k - 1``):
+
+* ``async``: each push is applied at once (the gradient divided by W, so one
+  push per worker moves SGD as far as one synchronous step) and answered at once.
+* ``ssp`` with bound ``s``: gradients of clock ``c`` are summed; when every
+  active worker has pushed clock ``c`` their mean is applied (one optimizer step
+  per clock, as in sync). A worker may start clock ``k`` once clocks ``< k - s``
+  are applied, i.e. the slowest worker has finished clock ``k - s - 1``.
+* ``sync`` is ``ssp`` with ``s = 0``: every worker starts clock ``k`` from the
+  same parameters, the mean of all clock ``k - 1`` gradients applied once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from . import protocol as P
+from .roles import Roles
+from .sharding import ShardPlan
+
+__all__ = ["Server"]
+
+
+class Server:
+    is_server = True
+
+    def __init__(self, roles: Roles, plan: ShardPlan, optimizer: Any, mode: str,
+                 staleness: int, store: Any, timeout: float, compression: Any = None) -> None:
+        self.roles, self.plan, self.optimizer = roles, plan, optimizer
+        self.mode, self.staleness, self.store = mode, staleness, store
+        self.timeout, self.compression = timeout, compression
+        self.comm: MPI.Comm = roles.mpi
+        self.index = roles.index
+        n = plan.shard_size(self.index)
+        self.size = n
+        self.params = store.array("params", n, plan.dtype)
+        self.state = {k: store.array(k, n, plan.dtype) for k in optimizer.state_names()}
+        self.meta: dict[str, Any] = dict(store.meta) if store.reopened else {"steps": 0}
+        init = np.empty(n, plan.dtype)
+        req = self.comm.Irecv([init.view(np.uint8), MPI.BYTE], roles.first_worker, P.TAG_INIT)
+        if not P.poll(req.Test, timeout):
+            req.Cancel()
+            raise P.PSTimeoutError(f"no initial parameters from worker rank "
+                                   f"{roles.first_worker} within {timeout} s", rank=roles.rank,
+                                   size=roles.size, op="ps.setup")
+        if not store.reopened:     # a reopened disk store continues from its own values
+            self.params[...] = init
+        self.stats: dict[str, Any] = {"pushes": 0, "pulls": 0, "bytes_in": 0, "bytes_out": 0,
+                                      "updates": 0, "max_clock_gap": 0,
+                                      "resumed_from_step": self.meta["steps"]
+                                      if store.reopened else None}
+
+    # -- helpers ----------------------------------------------------------------
+    def _fail(self, message: str, culprit: int | None = None) -> None:
+        """Tell every worker (but the culprit) why the job ends, then raise here."""
+        text = P.encode_text(message)
+        for w in self.roles.workers:
+            if w != culprit:
+                self.comm.Send([P.header(0, rank=self.roles.rank), MPI.INT64_T], w, P.TAG_ERROR)
+                self.comm.Send([text, MPI.BYTE], w, P.TAG_ERROR_TEXT)
+        raise P.PSError(message, rank=self.roles.rank, size=self.roles.size, op="ps.serve")
+
+    def _snapshot(self) -> np.ndarray:
+        # Replies read a copy: MPI forbids touching a buffer that an Isend still reads,
+        # and the optimizer writes the live array at the next push.
+        if self._snap_version != self.stats["updates"]:
+            self._snap = np.array(self.params, copy=True)
+            self._snap_version = self.stats["updates"]
+        return self._snap
+
+    def _reply(self, worker: int, kind: int, gap: int) -> None:
+        snap = self._snapshot()
+        version = self.applied if self.mode != "async" else self.stats["updates"]
+        hdr = P.header(kind, version, snap.size, 0, self.roles.rank, gap)
+        self.outgoing.append((self.comm.Isend([hdr, MPI.INT64_T], worker, P.TAG_REPLY), hdr))
+        self.outgoing.append((self.comm.Isend([snap.view(np.uint8), MPI.BYTE], worker,
+                                              P.TAG_REPLY_DATA), snap))
+        self.stats["bytes_out"] += snap.nbytes
+
+    def _apply(self, grad: np.ndarray) -> None:
+        self.optimizer.apply(self.params, grad, self.state, self.meta)
+        self.stats["updates"] += 1
+
+    def _required(self, clock: int) -> int:
+        """Workers whose push of ``clock`` is needed: every active one, and the finished
+        ones that got that far."""
+        return sum(1 for w in self.roles.workers
+                   if not self.done[w] or self.completed[w] > clock)
+
+    def _advance(self) -> None:
+        """Apply every fully pushed clock in order, then release the workers it unblocks."""
+        while self.applied in self.acc and \
+                self.acc[self.applied][1] >= self._required(self.applied):
+            total, count = self.acc.pop(self.applied)
+            total /= count
+            self._apply(total)
+            self.applied += 1
+        for w, k in list(self.waiting.items()):
+            if self.applied >= k - self.staleness:
+                del self.waiting[w]
+                gap = k - self.applied
+                self.stats["max_clock_gap"] = max(self.stats["max_clock_gap"], gap)
+                self._reply(w, P.PUSH, gap)
+
+    # -- message handlers --------------------------------------------------------
+    def _on_push(self, w: int, clock: int, grad: np.ndarray) -> None:
+        if clock != self.completed[w]:
+            self._fail(f"worker rank {w} pushed clock {clock}, expected {self.completed[w]} "
+                       "(pushes out of order)", culprit=w)
+        self.completed[w] = clock + 1
+        self.stats["pushes"] += 1
+        if self.mode == "async":
+            grad *= 1.0 / len(self.roles.workers)
+            self._apply(grad)
+            slowest = min(self.completed[v] for v in self.roles.workers if not self.done[v]) \
+                if not all(self.done.values()) else clock + 1
+            gap = clock + 1 - slowest
+            self.stats["max_clock_gap"] = max(self.stats["max_clock_gap"], gap)
+            self._reply(w, P.PUSH, gap)
+            return
+        slot = self.acc.get(clock)
+        if slot is None:
+            self.acc[clock] = [grad, 1]
+        else:
+            slot[0] += grad
+            slot[1] += 1
+        self.waiting[w] = clock + 1
+        self._advance()
+
+    def _receive(self, msg: MPI.Message, status: MPI.Status) -> None:
+        src, tag = status.Get_source(), status.Get_tag()
+        if tag == P.TAG_ERROR:
+            hdr = np.empty(P.HEADER_LEN, np.int64)
+            msg.Recv([hdr, MPI.INT64_T])
+            st = MPI.Status()
+            self.comm.Probe(src, P.TAG_ERROR_TEXT, st)
+            text = np.empty(st.Get_count(MPI.BYTE), np.uint8)
+            self.comm.Recv([text, MPI.BYTE], src, P.TAG_ERROR_TEXT)
+            self._fail(f"worker rank {src} failed: {P.decode_text(text)}", culprit=src)
+        if tag != P.TAG_REQUEST:
+            self._fail(f"unexpected message with tag {tag} from rank {src}")
+        hdr = np.empty(P.HEADER_LEN, np.int64)
+        msg.Recv([hdr, MPI.INT64_T])
+        kind, clock, count = int(hdr[0]), int(hdr[1]), int(hdr[2])
+        self.last_heard[src] = time.monotonic()
+        if kind == P.PULL:
+            self.stats["pulls"] += 1
+            self._reply(src, P.PULL, 0)
+        elif kind == P.DONE:
+            self.done[src] = True
+            self.waiting.pop(src, None)
+            if self.mode != "async":
+                self._advance()
+        elif kind == P.PUSH:
+            if count != self.size:
+                self._fail(f"worker rank {src} pushed {count} elements to server {self.index}, "
+                           f"which holds {self.size}", culprit=src)
+            nbytes = self._wire_bytes(count, int(hdr[3]))
+            buf = np.empty(nbytes, np.uint8)
+            req = self.comm.Irecv([buf, MPI.BYTE], src, P.TAG_PUSH_DATA)
+            self.incoming.append((req, src, clock, int(hdr[3]), buf))
+            self.stats["bytes_in"] += nbytes
+        else:
+            self._fail(f"unknown request kind {kind} from rank {src}", culprit=src)
+
+    def _finish_incoming(self) -> bool:
+        progressed = False
+        keep = []
+        for item in self.incoming:
+            req, src, clock, compressed, buf = item
+            if req.Test():
+                progressed = True
+                grad = self._decode(buf, compressed)
+                self._on_push(src, clock, grad)
+            else:
+                keep.append(item)
+        self.incoming = keep
+        return progressed
+
+    def _wire_bytes(self, count: int, compressed: int) -> int:
+        if not compressed:
+            return count * self.plan.dtype.itemsize
+        from .compress import wire_bytes
+
+        return wire_bytes(count)
+
+    def _decode(self, buf: np.ndarray, compressed: int) -> np.ndarray:
+        if not compressed:
+            return buf.view(self.plan.dtype)
+        from .compress import decode_fp16
+
+        return decode_fp16(buf, self.size, self.plan.dtype)
+
+    # -- the loop ------------------------------------------------------------------
+    def serve(self) -> dict[str, Any]:
+        """Serve until every worker has said it is done; returns counters."""
+        workers = self.roles.workers
+        self.completed = {w: 0 for w in workers}
+        self.done = {w: False for w in workers}
+        self.waiting: dict[int, int] = {}
+        self.acc: dict[int, list] = {}
+        self.applied = 0
+        self.incoming: list = []
+        self.outgoing: list = []
+        self.last_heard = {w: time.monotonic() for w in workers}
+        self._snap_version = -1
+        self._snap = self.params
+        start = time.perf_counter()
+        status = MPI.Status()
+        idle = 0
+        last_activity = time.monotonic()
+        while True:
+            progressed = self._finish_incoming()
+            msg = self.comm.Improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+            if msg is not None:
+                self._receive(msg, status)
+                progressed = True
+            if self.outgoing:
+                self.outgoing = [(r, b) for r, b in self.outgoing if not r.Test()]
+            if all(self.done.values()) and not self.incoming and not self.outgoing:
+                break
+            if progressed:
+                idle, last_activity = 0, time.monotonic()
+                continue
+            if time.monotonic() - last_activity > self.timeout:
+                silent = [w for w in workers if not self.done[w]]
+                self._fail(f"server {self.index} heard nothing for {self.timeout} s; workers "
+                           f"not done: ranks {silent} (crashed, or stuck outside push_pull?)")
+            idle += 1
+            time.sleep(0 if idle < 20 else min(1e-3, 2e-5 * (idle - 19)))
+        self.stats["seconds"] = time.perf_counter() - start
+        self.stats["applied_clocks"] = self.applied
+        self.store.commit(self.meta)
+        return self.stats
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,160 @@
+"""The worker's client: push gradients, pull parameters, say done.
+
+``push_pull(grads)`` sends each server its shard of the gradient (header and
+payload with ``Isend``), posts the receives of the answers, and waits for all
+servers by polling with a timeout, watching for an error any server sends
+instead. It returns the parameters for the next clock. A gradient whose names
+or shapes do not match the served parameters is refused here: the worker tells
+every server why (so the whole job ends, no rank waits forever) and raises.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+from mpi4py import MPI
+
+from . import protocol as P
+from .roles import Roles
+from .sharding import ShardPlan
+
+__all__ = ["Worker"]
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """A NumPy view of a NumPy array or a torch tensor (copied to the host if on a GPU)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if type(x).__module__.split(".")[0] == "torch":
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+class Worker:
+    is_server = False
+
+    def __init__(self, roles: Roles, plan: ShardPlan, timeout: float,
+                 compression: str | None = None) -> None:
+        self.roles, self.plan, self.timeout = roles, plan, timeout
+        self.compression = compression
+        self.comm: MPI.Comm = roles.mpi
+        self.rank = roles.rank
+        self.clock = 0
+        self.max_clock_gap = 0      # the largest gap any server reported on a reply
+        self.gaps: list[int] = []   # per push: the largest gap over the servers
+        self.version = 0
+        self.flat = {n: np.zeros(math.prod(s), plan.dtype)
+                     for n, s in zip(plan.names, plan.shapes)}
+        self.params = {n: self.flat[n].reshape(s) for n, s in zip(plan.names, plan.shapes)}
+        self._send = [np.empty(plan.shard_size(i), plan.dtype) for i in range(plan.num_servers)]
+        self._recv = [np.empty(plan.shard_size(i), plan.dtype) for i in range(plan.num_servers)]
+        self._hdrs = [np.empty(P.HEADER_LEN, np.int64) for _ in range(plan.num_servers)]
+        self.closed = False
+
+    # -- errors -------------------------------------------------------------------
+    def fail(self, message: str) -> None:
+        """End the job: every server learns why (and tells the other workers); raise here."""
+        text = P.encode_text(message)
+        for s in self.roles.servers:
+            self.comm.Send([P.header(0, rank=self.rank), MPI.INT64_T], s, P.TAG_ERROR)
+            self.comm.Send([text, MPI.BYTE], s, P.TAG_ERROR_TEXT)
+        self.closed = True
+        raise P.PSError(message, rank=self.rank, size=self.roles.size, op="ps.push")
+
+    def _check_error(self) -> None:
+        st = MPI.Status()
+        if self.comm.Iprobe(MPI.ANY_SOURCE, P.TAG_ERROR, st):
+            src = st.Get_source()
+            self.comm.Recv([np.empty(P.HEADER_LEN, np.int64), MPI.INT64_T], src, P.TAG_ERROR)
+            self.comm.Probe(src, P.TAG_ERROR_TEXT, st)
+            text = np.empty(st.Get_count(MPI.BYTE), np.uint8)
+            self.comm.Recv([text, MPI.BYTE], src, P.TAG_ERROR_TEXT)
+            self.closed = True
+            raise P.PSError(f"server rank {src} ended the job: {P.decode_text(text)}",
+                            rank=self.rank, size=self.roles.size, op="ps.push_pull")
+
+    def _check(self, grads: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.plan.names if n not in grads]
+        extra = [n for n in grads if n not in self.flat]
+        if missing or extra:
+            self.fail(f"worker rank {self.rank}: the gradients do not name the served "
+                      f"parameters (missing {missing}, unknown {extra})")
+        out = {}
+        for name, shape in zip(self.plan.names, self.plan.shapes):
+            g = as_numpy(grads[name])
+            if tuple(g.shape) != shape:
+                self.fail(f"worker rank {self.rank}: gradient of parameter {name!r} has shape "
+                          f"{tuple(g.shape)}, the server holds shape {shape}")
+            out[name] = np.ravel(g)
+        return out
+
+    # -- the exchange ---------------------------------------------------------------
+    def _exchange(self, kind: int, grads: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        if self.closed:
+            raise P.PSError("this worker is closed", rank=self.rank, size=self.roles.size,
+                            op="ps.push_pull")
+        self._check_error()
+        reqs, keep = [], []
+        for i, server in enumerate(self.roles.servers):
+            reqs.append(self.comm.Irecv([self._hdrs[i], MPI.INT64_T], server, P.TAG_REPLY))
+            reqs.append(self.comm.Irecv([self._recv[i].view(np.uint8), MPI.BYTE], server,
+                                        P.TAG_REPLY_DATA))
+        for i, server in enumerate(self.roles.servers):
+            compressed = 0
+            if grads is not None:
+                payload = self.plan.pack(i, grads, self._send[i])
+                if self.compression == "fp16":
+                    from .compress import encode_fp16
+
+                    payload, compressed = encode_fp16(payload), 1
+                count = self._send[i].size
+            else:
+                count = 0
+            hdr = P.header(kind, self.clock, count, compressed, self.rank)
+            keep.append(hdr)
+            reqs.append(self.comm.Isend([hdr, MPI.INT64_T], server, P.TAG_REQUEST))
+            if grads is not None:
+                keep.append(payload)
+                reqs.append(self.comm.Isend([payload.view(np.uint8), MPI.BYTE], server,
+                                            P.TAG_PUSH_DATA))
+        try:
+            ok = P.poll(lambda: MPI.Request.Testall(reqs), self.timeout, self._check_error)
+        except P.PSError:
+            for r in reqs:
+                if r != MPI.REQUEST_NULL:
+                    r.Cancel()
+            raise
+        if not ok:
+            late = [s for i, s in enumerate(self.roles.servers) if not reqs[2 * i + 1].Test()]
+            raise P.PSTimeoutError(f"no answer from server ranks {late} within {self.timeout} s",
+                                   rank=self.rank, size=self.roles.size, op="ps.push_pull")
+        gap = 0
+        for i in range(len(self.roles.servers)):
+            self.plan.unpack(i, self._recv[i], self.flat)
+            gap = max(gap, int(self._hdrs[i][5]))
+        self.version = int(self._hdrs[0][1])
+        if kind == P.PUSH:
+            self.clock += 1
+            self.gaps.append(gap)
+            self.max_clock_gap = max(self.max_clock_gap, gap)
+        return self.params
+
+    def push_pull(self, grads: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Push this clock's gradients; return the parameters to compute the next clock on
+        (a dict of arrays this client reuses; copy them out before the next call)."""
+        return self._exchange(P.PUSH, self._check(grads))
+
+    def pull(self) -> dict[str, np.ndarray]:
+        """The servers' current parameters, without pushing."""
+        return self._exchange(P.PULL, None)
+
+    def close(self) -> None:
+        """Tell every server this worker is done (no more pushes)."""
+        if self.closed:
+            return
+        self.closed = True
+        for s in self.roles.servers:
+            self.comm.Send([P.header(P.DONE, self.clock, 0, 0, self.rank), MPI.INT64_T], s,
+                           P.TAG_REQUEST)
