@@ -39,6 +39,7 @@ from .messages import ERROR, FULL_SYNC_ERROR, GROUP, STOP, SYNC, TAG_READY, TAG_
 __all__ = ["Deadline", "Controller"]
 
 _END = ("budget",)  # "close" ends when len(final) == n
+_RANK = {"connect": 0, "every": 1, "budget": 2}
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Controller:
         self.held: list[int] = []
         self.sigs: dict[int, str] = {}
         self.final: set[int] = set()
+        self.next_every = self.sync_every
         self.done = False
         self._reqs: list[Any] = []
         self._thread = threading.Thread(target=self._main, name="hpcdl-preduce-controller",
@@ -141,12 +143,11 @@ class Controller:
         reason = None
         if self.total_steps and self.steps >= self.total_steps:
             reason = "budget"
-        elif (not msg.final and self.barrier is None and self.sync_every
-              and self.steps % self.sync_every == 0):
+        elif self.sync_every and self.steps >= self.next_every:
             reason = "every"
-        if reason is not None and (self.barrier is None or
-                                   (reason in _END and self.barrier not in _END)):
-            self.barrier = reason  # an end barrier supersedes a plain sync
+            self.next_every += self.sync_every
+        if reason is not None and _RANK[reason] > _RANK.get(self.barrier, -1):
+            self.barrier = reason  # the end outranks an epoch sync, which outranks "connect"
         if self.barrier is not None:
             self.held += self.open  # they were waiting for partners: now they wait for all
             self.open = []

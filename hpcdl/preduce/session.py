@@ -154,8 +154,8 @@ class PReduce:
         spins = 0
         while not self._ctl.Iprobe(0, TAG_REPLY):
             ctl = self.controller
-            if ctl is not None and not ctl.alive:
-                raise CommError(f"the controller thread stopped: {ctl.error!r}", rank=self.rank,
+            if ctl is not None and ctl.error is not None:  # ended cleanly: its stop is in flight
+                raise CommError(f"the controller thread failed: {ctl.error!r}", rank=self.rank,
                                 size=self.size, op=_OP)
             if time.monotonic() - start > self.timeout:
                 raise CommError(f"no reply from the controller on rank 0 within "

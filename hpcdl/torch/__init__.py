@@ -14,8 +14,9 @@ See docs/training.md.
 from .amp import GradScaler, agree_found_inf
 from .broadcast import broadcast_object, broadcast_optimizer_state, broadcast_parameters
 from .optimizer import DEFAULT_FUSION_MB, DistributedOptimizer
+from .preduce import PReduceAverager
 from .sampler import DistributedSampler
 
 __all__ = ["DistributedOptimizer", "DEFAULT_FUSION_MB", "broadcast_parameters",
            "broadcast_optimizer_state", "broadcast_object", "DistributedSampler",
-           "GradScaler", "agree_found_inf"]
+           "GradScaler", "agree_found_inf", "PReduceAverager"]

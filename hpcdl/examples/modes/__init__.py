@@ -15,6 +15,7 @@ __all__ = ["MODES", "DEFAULT_MODE", "load_mode"]
 DEFAULT_MODE = "allreduce"
 MODES: dict[str, str] = {
     "allreduce": "hpcdl.examples.modes.allreduce",
+    "preduce": "hpcdl.examples.modes.preduce",
 }
 
 
