@@ -14,6 +14,7 @@ from .errors import (CommError, ContiguityError, DeviceMismatchError, DtypeError
                      InvalidArgumentError, MismatchError)
 from .groups import subgroup
 from .ops import ReduceOp
+from .preduce import PReduce, preduce, preduce_close
 from .runtime import Context, get_context, init, is_initialized
 
 __version__ = "0.1.0"
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "init", "get_context", "is_initialized", "Context",
     "allreduce", "broadcast", "allgather", "reduce_scatter", "barrier", "Handle",
-    "partial_allreduce",
+    "partial_allreduce", "PReduce", "preduce", "preduce_close",
     "algorithm_names", "subgroup", "ReduceOp",
     "HpcdlError", "InvalidArgumentError", "DtypeError", "ContiguityError",
     "DeviceMismatchError", "MismatchError", "CommError",

@@ -20,12 +20,14 @@ from .backend import init_process_group, register as _register_backend
 from .broadcast import broadcast_object, broadcast_optimizer_state, broadcast_parameters
 from ..ps.torch import ParameterServer
 from .optimizer import DEFAULT_FUSION_MB, DistributedOptimizer
+from .preduce import PReduceAverager
 from .sampler import DistributedSampler
 
 __all__ = ["DistributedOptimizer", "DEFAULT_FUSION_MB", "broadcast_parameters",
            "broadcast_optimizer_state", "broadcast_object", "DistributedSampler",
            "GradScaler", "agree_found_inf", "init_process_group", "BackendOptions",
-           "ParameterServer"]
+           "ParameterServer",
+           "PReduceAverager"]
 
 # `import hpcdl.torch` makes torch.distributed.init_process_group("hpcdl") work.
 _register_backend()

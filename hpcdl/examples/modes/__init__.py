@@ -19,6 +19,7 @@ MODES: dict[str, str] = {
     "ps-sync": "hpcdl.examples.modes.ps",
     "ps-async": "hpcdl.examples.modes.ps",
     "ssp": "hpcdl.examples.modes.ps",
+    "preduce": "hpcdl.examples.modes.preduce",
 }
 
 
