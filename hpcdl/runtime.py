@@ -213,11 +213,14 @@ def _layout(comm: Any, env: Mapping[str, str]) -> tuple[Any, int, int, str]:
     return local, leaders.index(leader), len(leaders), source
 
 
-def init(comm: Any = None) -> Context:
+def init(comm: Any = None, timeout: float | None = None) -> Context:
     """Initialise hpcdl (idempotent) and return the :class:`Context`.
 
     ``comm`` is an mpi4py communicator to run on instead of ``COMM_WORLD``
-    (hpcdl still works on its own Dup of it).
+    (hpcdl still works on its own Dup of it). ``timeout`` (seconds; default
+    ``HPCDL_TIMEOUT``, unset or 0 = off) turns on the watchdog: an operation that
+    waits that long ends the job naming the ranks it waits for
+    (docs/fault-tolerance.md).
     """
     global _CONTEXT
     with _LOCK:
@@ -229,7 +232,15 @@ def init(comm: Any = None) -> Context:
 
         env = os.environ
         base = MPI.COMM_WORLD if comm is None else comm
-        main = MPICommunicator(base.Dup())
+        from . import watchdog
+
+        dup = base.Dup()
+        wd_timeout = 0.0
+        if comm is None:  # the watchdog belongs to the default context
+            wd_timeout = watchdog.resolve_timeout(timeout, rank=dup.Get_rank())
+            watchdog.agree(dup, wd_timeout)
+        # On: every later communicator derives from this counting view (watchdog/comm.py).
+        main = MPICommunicator(watchdog.watch(dup) if wd_timeout else dup)
         rank, size = main.rank, main.size
         launcher = launcher_env(env)
         launched_size = _first_int(env, _SIZE_VARS)
@@ -257,6 +268,8 @@ def init(comm: Any = None) -> Context:
             _abort_on_uncaught(rank, size, MPI.COMM_WORLD)
             _CONTEXT = ctx
             atexit.register(_shutdown)
+            if wd_timeout:
+                watchdog.start(wd_timeout)
         return ctx
 
 
