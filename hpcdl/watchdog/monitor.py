@@ -72,14 +72,14 @@ class Monitor(threading.Thread):
         self.channel = channel            # a plain Dup of COMM_WORLD, used only here
         self.rank = channel.Get_rank()
         self.size = channel.Get_size()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._seen: dict[int, tuple[FrameType, float]] = {}   # thread id -> (frame, since)
         self._ask_buf = bytearray(8)
         self._ask = channel.Irecv(self._ask_buf, MPI.ANY_SOURCE, _TAG_ASK)
 
     # -- the loop --------------------------------------------------------------
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             self._serve()
             stalled = self._sample()
             if stalled is not None:
@@ -88,7 +88,7 @@ class Monitor(threading.Thread):
 
     def stop(self) -> None:
         """Stop the thread and withdraw its posted receive (before MPI_Finalize)."""
-        self._stop.set()
+        self._halt.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout=5 * self.interval + 5)
         try:
