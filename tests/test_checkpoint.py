@@ -212,3 +212,29 @@ def test_training_resume_is_bit_identical(ctx, shared_dir, stop_after):
     _train(ctx, shared_dir, stop_after=stop_after)
     resumed = _train(ctx, shared_dir, resume=True)
     assert resumed == reference
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_fp16_error_feedback_residuals_round_trip(ctx, kind):
+    from hpcdl.compression import FP16Compressor
+
+    x = np.random.default_rng(ctx.rank).standard_normal(300).astype(np.float32) * 1e-3
+    t = x if kind == "numpy" else torch.from_numpy(x)
+    a = FP16Compressor(error_feedback=True)
+    a.compress(t, name="layer.weight")
+    state = a.state_dict()
+    assert set(state["residuals"]) == {"layer.weight"}
+    b = FP16Compressor(error_feedback=True)
+    b.load_state_dict(torch.load(_bytes_io(state), weights_only=True))
+    pa, _ = a.compress(t, name="layer.weight")
+    pb, _ = b.compress(t, name="layer.weight")
+    assert np.array_equal(np.asarray(pa), np.asarray(pb))   # the same carried-over error
+
+
+def _bytes_io(obj):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
