@@ -213,13 +213,17 @@ def _layout(comm: Any, env: Mapping[str, str]) -> tuple[Any, int, int, str]:
     return local, leaders.index(leader), len(leaders), source
 
 
-def init(comm: Any = None, *, trace: str | None = None) -> Context:
+def init(comm: Any = None, timeout: float | None = None, *,
+         trace: str | None = None) -> Context:
     """Initialise hpcdl (idempotent) and return the :class:`Context`.
 
     ``comm`` is an mpi4py communicator to run on instead of ``COMM_WORLD``
-    (hpcdl still works on its own Dup of it). ``trace`` (or ``$HPCDL_TRACE``)
-    is a folder to record a timeline of every rank into (:mod:`hpcdl.trace`);
-    every rank must pass the same.
+    (hpcdl still works on its own Dup of it). ``timeout`` (seconds; default
+    ``HPCDL_TIMEOUT``, unset or 0 = off) turns on the watchdog: an operation that
+    waits that long ends the job naming the ranks it waits for
+    (docs/fault-tolerance.md). ``trace`` (or ``$HPCDL_TRACE``) is a folder to
+    record a timeline of every rank into (:mod:`hpcdl.trace`); every rank must
+    pass the same.
     """
     global _CONTEXT
     with _LOCK:
@@ -231,7 +235,15 @@ def init(comm: Any = None, *, trace: str | None = None) -> Context:
 
         env = os.environ
         base = MPI.COMM_WORLD if comm is None else comm
-        main = MPICommunicator(base.Dup())
+        from . import watchdog
+
+        dup = base.Dup()
+        wd_timeout = 0.0
+        if comm is None:  # the watchdog belongs to the default context
+            wd_timeout = watchdog.resolve_timeout(timeout, rank=dup.Get_rank())
+            watchdog.agree(dup, wd_timeout)
+        # On: every later communicator derives from this counting view (watchdog/comm.py).
+        main = MPICommunicator(watchdog.watch(dup) if wd_timeout else dup)
         rank, size = main.rank, main.size
         launcher = launcher_env(env)
         launched_size = _first_int(env, _SIZE_VARS)
@@ -266,6 +278,8 @@ def init(comm: Any = None, *, trace: str | None = None) -> Context:
                 # trace is flushed after _shutdown has drained (and recorded) the queues
                 tracing.start(directory, main)
             atexit.register(_shutdown)
+            if wd_timeout:
+                watchdog.start(wd_timeout)
         return ctx
 
 

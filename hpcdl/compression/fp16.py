@@ -98,6 +98,44 @@ class FP16Compressor:
         """Forget every error-feedback residual."""
         self._residuals.clear()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The error-feedback residuals of named tensors, as CPU torch tensors (what
+        ``hpcdl.checkpoint`` saves per rank; unnamed ones are keyed by an address that
+        means nothing after a restart and are left out)."""
+        import torch
+
+        out: dict[str, Any] = {}
+        for key, r in self._residuals.items():
+            if not isinstance(key, str):
+                continue
+            if isinstance(r, np.ndarray):
+                out[key] = {"kind": "numpy", "value": torch.from_numpy(r.copy())}
+            elif isinstance(r, torch.Tensor):
+                out[key] = {"kind": "torch", "device": r.device.type,
+                            "value": r.detach().cpu().clone()}
+            else:  # a CuPy array
+                out[key] = {"kind": "cupy", "value": torch.from_numpy(r.get())}
+        return {"error_feedback": self.error_feedback, "residuals": out}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s residuals (onto this process's current GPU when
+        they were on one)."""
+        import torch
+
+        self._residuals.clear()
+        for key, item in state.get("residuals", {}).items():
+            value = item["value"]
+            if item["kind"] == "numpy":
+                self._residuals[key] = value.numpy().copy()
+            elif item["kind"] == "torch":
+                device = (torch.device("cuda", torch.cuda.current_device())
+                          if item.get("device") == "cuda" else torch.device("cpu"))
+                self._residuals[key] = value.to(device)
+            else:
+                import cupy
+
+                self._residuals[key] = cupy.asarray(value.numpy())
+
     # -- the contract -----------------------------------------------------------
     def compress(self, tensor: Any, name: str | None = None) -> tuple[Any, FP16Context]:
         """Collective over ``comm``: ``(float16 payload, ctx)``; see the module docstring."""

@@ -22,6 +22,7 @@ import torch
 import hpcdl
 import hpcdl.torch as hdt
 
+from . import checkpointing
 from .common import SmallCNN, load_data, pick_device, save_plot, set_threads
 from .modes import DEFAULT_MODE, MODES, load_mode
 
@@ -41,6 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads per rank; 0: this node's cores / ranks on it")
     p.add_argument("--out", default="out/demo", help="folder for metrics.json and curves.png")
+    checkpointing.add_arguments(p)
     for name in MODES:
         load_mode(name).add_arguments(p)
     return p.parse_args(argv)

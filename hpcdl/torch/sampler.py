@@ -19,6 +19,12 @@ gets exactly ``num_samples`` indices:
 
 Rank ``r`` takes positions ``r, r + size, r + 2 size, ...`` of the (padded or
 trimmed) list, so the shards are disjoint apart from the wrapped padding.
+
+Resuming mid-epoch (``hpcdl.checkpoint``): ``set_start(p)`` skips the first
+``p`` positions of the epoch's global list and deals the rest out the same way,
+``rest[r::size]`` (the rest padded by wrapping to a multiple of ``size``). At
+the rank count that consumed those ``p`` samples this is exactly the remainder
+of each rank's shard; at another rank count it re-shards what is left.
 With a ``DataLoader`` of ``batch_size=b`` every rank then runs
 ``ceil(num_samples / b)`` steps (or ``floor`` with the loader's own
 ``drop_last``): the same count everywhere.
@@ -77,6 +83,7 @@ class DistributedSampler(torch.utils.data.Sampler[int]):
         self.seed = int(seed)
         self.drop_last = drop_last
         self.epoch = 0
+        self.start = 0
         self.num_samples = (self.length // self.num_replicas if drop_last
                             else -(-self.length // self.num_replicas))
         self.total_size = self.num_samples * self.num_replicas
@@ -84,6 +91,14 @@ class DistributedSampler(torch.utils.data.Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         """Choose the shuffle of ``epoch`` (call with the same value on every rank)."""
         self.epoch = int(epoch)
+        self.start = 0
+
+    def set_start(self, position: int) -> None:
+        """Begin this epoch at global position ``position`` (a resume; see the module doc)."""
+        if position < 0:
+            raise InvalidArgumentError(f"position={position} must be >= 0", rank=self.rank,
+                                       op="DistributedSampler.set_start")
+        self.start = int(position)
 
     def global_order(self) -> list[int]:
         """The padded (or trimmed) index list that all ranks cut their shards from."""
@@ -100,9 +115,17 @@ class DistributedSampler(torch.utils.data.Sampler[int]):
         return (order * reps)[:self.total_size]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.global_order()[self.rank:self.total_size:self.num_replicas])
+        order = self.global_order()
+        if self.start:
+            rest = order[self.start:]
+            n = len(self)
+            rest = (rest * -(-n * self.num_replicas // max(1, len(rest))))[:n * self.num_replicas]
+            return iter(rest[self.rank::self.num_replicas])
+        return iter(order[self.rank:self.total_size:self.num_replicas])
 
     def __len__(self) -> int:
+        if self.start:
+            return -(-max(0, self.total_size - self.start) // self.num_replicas)
         return self.num_samples
 
 

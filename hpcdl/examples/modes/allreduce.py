@@ -13,6 +13,7 @@ from torch import nn
 import hpcdl
 import hpcdl.torch as hdt
 
+from .. import checkpointing
 from ..common import Data, RunResult, SmallCNN, epoch_row, evaluate, make_compression
 
 __all__ = ["add_arguments", "run"]
@@ -51,12 +52,16 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
     bar = tqdm(total=args.epochs * len(loader), disable=ctx.rank != 0, unit="step",
                file=sys.stderr, dynamic_ncols=True, desc=f"{ctx.size} rank(s)")
     history: list[dict[str, float]] = []
-    for epoch in range(1, args.epochs + 1):
+    ck = checkpointing.make(args, ctx, model=model, optimizer=opt, sampler=sampler,
+                            scaler=scaler, compression=opt.compression,
+                            extra={"history": history})
+    bar.update(ck.step)
+    for epoch in ck.epochs(1, args.epochs + 1):
         sampler.set_epoch(epoch)
         start = time.perf_counter()
         # Summed on the device: a float(loss) per step would wait for the GPU every step.
         running = torch.zeros(2, dtype=torch.float64, device=device)
-        for x, y in loader:
+        for x, y in ck.batches(loader, carry={"running": running}):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt.zero_grad()
             with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
@@ -82,4 +87,4 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
     final = history[-1]["accuracy"] if history else evaluate(model, data.x_test, data.y_test,
                                                                device)
     return RunResult(history=history, test_accuracy=final, writer=ctx.rank == 0,
-                     settings={"buckets": len(opt.buckets)})
+                     settings={"buckets": len(opt.buckets)}, fields=checkpointing.fields(ck, model))

@@ -1,0 +1,71 @@
+"""What the watchdog costs: a small allreduce with the watchdog off and on, same run.
+
+    hpcdl launch -n 2 -- python benchmarks/watchdog_overhead.py [--sizes 4096] [--rounds 7]
+        [--json out.json]
+
+"off" is hpcdl's default communicator (``HPCDL_TIMEOUT`` unset: a plain mpi4py
+communicator); "on" is a communicator over the watchdog's counting view
+(hpcdl/watchdog/comm.py) with a monitor thread sampling it, exactly what
+``HPCDL_TIMEOUT`` sets up. Both run ``hpcdl.allreduce`` on a float32 NumPy
+array (the inlined fast path). Rounds alternate off/on so drift from other load
+hits both; the table gives each side's best-round median (us, slowest rank, as
+benchmarks/allreduce.py) and the ratio on/off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+from mpi4py import MPI
+
+import hpcdl
+from hpcdl.comm.mpi import MPICommunicator
+from hpcdl.tune import time_op
+from hpcdl.watchdog import watch
+from hpcdl.watchdog.monitor import Monitor
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[4096],
+                   help="bytes, comma separated")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--budget", type=float, default=0.3, help="seconds per timed case")
+    p.add_argument("--timeout", type=float, default=60.0, help="the watched side's timeout")
+    p.add_argument("--json", metavar="FILE")
+    args = p.parse_args()
+    ctx = hpcdl.init()
+    off = ctx.comm
+    on = MPICommunicator(watch(MPI.COMM_WORLD.Dup()))
+    monitor = Monitor(args.timeout, MPI.COMM_WORLD.Dup())
+    monitor.start()
+    rows = []
+    try:
+        for nbytes in args.sizes:
+            x = np.zeros(max(1, nbytes // 4), np.float32)
+            best = {"off": float("inf"), "on": float("inf")}
+            for r in range(args.rounds):
+                for name in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                    c = off if name == "off" else on
+                    t = time_op(c, lambda: hpcdl.allreduce(x, comm=c), budget_s=args.budget,
+                                max_iters=100000)
+                    best[name] = min(best[name], t)
+            rows.append({"bytes": x.nbytes, "ranks": ctx.size, "off_us": best["off"] * 1e6,
+                         "on_us": best["on"] * 1e6, "ratio": best["on"] / best["off"],
+                         "calls_counted": on.mpi.wd_seq})
+    finally:
+        monitor.stop()
+    if ctx.rank == 0:
+        print(f"{'size(B)':>9} {'ranks':>5} {'off(us)':>9} {'on(us)':>9} {'on/off':>7}")
+        for row in rows:
+            print(f"{row['bytes']:>9} {row['ranks']:>5} {row['off_us']:>9.2f} "
+                  f"{row['on_us']:>9.2f} {row['ratio']:>7.3f}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The watchdog: a stalled collective or point-to-point call ends the job, naming who is late.
+
+    HPCDL_TIMEOUT=120 hpcdl launch -n 4 -- python train.py     # or
+    hpcdl.init(timeout=120)
+
+Off by default (``HPCDL_TIMEOUT`` unset or ``0``): a legitimately long first
+operation (a rank still loading data, compiling, or waiting for a GPU) must not
+kill a job that nobody asked to watch, and off means exactly the code path of
+before (no wrapper, no thread). When on, an operation that has waited
+``timeout`` seconds ends the job with ``MPI_Abort`` (exit status 124) after a
+report on stderr such as::
+
+    [hpcdl rank 0/4] watchdog: Allreduce #9 on the communicator of world ranks 0..3
+    has waited 5.0 s (timeout 5 s, HPCDL_TIMEOUT); ranks that have not arrived: 2
+      rank 2: last started Allreduce #8 on it; inside no MPI call; main thread at
+      stall.py:14 in main
+
+How it works: :mod:`hpcdl.watchdog.comm` (the hook: a counting view of the
+mpi4py communicator) and :mod:`hpcdl.watchdog.monitor` (the per-rank thread).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from typing import Any
+
+from ..errors import InvalidArgumentError, MismatchError
+from .comm import WatchedComm, watch
+from .monitor import Monitor
+
+__all__ = ["resolve_timeout", "watch", "start", "stop", "active", "WatchedComm"]
+
+_MONITOR: Monitor | None = None
+
+
+def resolve_timeout(timeout: float | None, rank: int | None = None) -> float:
+    """The watchdog timeout in seconds: ``timeout`` if given, else ``HPCDL_TIMEOUT``; 0 = off."""
+    source = "timeout"
+    if timeout is None:
+        raw = os.environ.get("HPCDL_TIMEOUT", "").strip()
+        if raw == "":
+            return 0.0
+        source = "HPCDL_TIMEOUT"
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise InvalidArgumentError(f"HPCDL_TIMEOUT={raw!r} is not a number of seconds "
+                                       "(0 turns the watchdog off)", rank=rank,
+                                       op="init") from None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0 \
+            or timeout != timeout:
+        raise InvalidArgumentError(f"{source}={timeout!r}: use seconds >= 0 (0 turns the "
+                                   "watchdog off)", rank=rank, op="init")
+    return float(timeout)
+
+
+def agree(comm: Any, timeout: float) -> None:
+    """Collective on the mpi4py ``comm``: every rank must watch with the same timeout.
+
+    The watchdog's own communicator is created collectively, so ranks that
+    disagree would otherwise hang in ``init()``.
+    """
+    everyone = comm.allgather(timeout)
+    if len(set(everyone)) > 1:
+        detail = ", ".join(f"rank {r}: {t:g}" for r, t in enumerate(everyone))
+        raise MismatchError(f"ranks disagree on the watchdog timeout ({detail}); set "
+                            "HPCDL_TIMEOUT (or init(timeout=)) the same everywhere",
+                            rank=comm.Get_rank(), size=comm.Get_size(), op="init")
+
+
+def start(timeout: float) -> Monitor:
+    """Collective over ``COMM_WORLD``: start this rank's monitor thread (by ``init()``)."""
+    global _MONITOR
+    from mpi4py import MPI
+
+    if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+        raise InvalidArgumentError("the watchdog's thread makes MPI calls, which needs "
+                                   "MPI_THREAD_MULTIPLE; this MPI was initialised at a lower "
+                                   "level (set mpi4py.rc.thread_level = 'multiple', or unset "
+                                   "HPCDL_TIMEOUT)", rank=MPI.COMM_WORLD.Get_rank(), op="init")
+    if _MONITOR is not None:
+        return _MONITOR
+    _MONITOR = Monitor(timeout, MPI.COMM_WORLD.Dup())
+    _MONITOR.start()
+    atexit.register(stop)   # runs before runtime's shutdown and before MPI_Finalize
+    return _MONITOR
+
+
+def stop() -> None:
+    """Stop the monitor thread (idempotent; at exit)."""
+    global _MONITOR
+    if _MONITOR is not None:
+        _MONITOR.stop()
+        _MONITOR = None
+
+
+def active() -> float:
+    """The timeout being watched, 0.0 when the watchdog is off."""
+    return _MONITOR.timeout if _MONITOR is not None else 0.0

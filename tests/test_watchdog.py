@@ -1,0 +1,120 @@
+"""The watchdog (hpcdl/watchdog/): off by default, a counting view when on, and a stalled
+rank named within timeout + 10 s while it makes no MPI call."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import hpcdl
+from hpcdl.comm.mpi import MPICommunicator
+from hpcdl.errors import InvalidArgumentError
+from hpcdl.watchdog import resolve_timeout, watch
+from hpcdl.watchdog.comm import WatchedComm, world_ranks
+
+JOBS = Path(__file__).with_name("watchdog_jobs.py")
+
+
+def test_timeout_parsing(monkeypatch):
+    monkeypatch.delenv("HPCDL_TIMEOUT", raising=False)
+    assert resolve_timeout(None) == 0.0
+    assert resolve_timeout(7) == 7.0
+    monkeypatch.setenv("HPCDL_TIMEOUT", "2.5")
+    assert resolve_timeout(None) == 2.5
+    assert resolve_timeout(0) == 0.0          # the argument wins over the variable
+    monkeypatch.setenv("HPCDL_TIMEOUT", "soon")
+    with pytest.raises(InvalidArgumentError, match="HPCDL_TIMEOUT='soon'"):
+        resolve_timeout(None, rank=3)
+    for bad in (-1, float("nan"), "10", True):
+        with pytest.raises(InvalidArgumentError, match="seconds >= 0"):
+            resolve_timeout(bad)
+
+
+@pytest.mark.skipif(bool(os.environ.get("HPCDL_TIMEOUT")), reason="HPCDL_TIMEOUT is set")
+def test_off_by_default_changes_nothing(ctx):
+    # Off means the code path of before: a plain mpi4py communicator, no thread.
+    assert type(ctx.comm.mpi) is MPI.Intracomm
+    assert type(ctx.local_comm.mpi) is MPI.Intracomm
+    assert not any(t.name == "hpcdl-watchdog" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64])
+def test_watched_comm_counts_and_computes(ctx, rng, dtype):
+    w = watch(ctx.comm.mpi.Dup())
+    try:
+        comm = MPICommunicator(w)
+        x = (rng.standard_normal(1031) * 100).astype(dtype)
+        everyone = ctx.comm.allgather_object(x)
+        seq = w.wd_seq
+        hpcdl.allreduce(x, comm=comm)                      # the inlined fast path
+        np.testing.assert_allclose(x, np.sum(everyone, axis=0, dtype=dtype), rtol=1e-5)
+        hpcdl.broadcast(x, root=ctx.size - 1, comm=comm)   # the general path
+        if ctx.size > 1:  # one rank: nothing to communicate, no MPI call
+            assert w.wd_seq >= seq + 2 and w.wd_op == "Bcast"
+        sub = w.Split(ctx.rank % 2, ctx.rank)
+        assert isinstance(sub, WatchedComm)
+        assert world_ranks(sub) == tuple(r for r in range(ctx.size) if r % 2 == ctx.rank % 2)
+        sub.Free()
+    finally:
+        w.Free()
+
+
+def _launch(n: int, kind: str, seconds: float, timeout_env: str | None,
+            limit: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+    hpcdl_cli = Path(sys.executable).parent / "hpcdl"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for k in [k for k in env if k.startswith(("OMPI_", "PMIX_", "PRTE_"))]:
+        env.pop(k)  # a clean launch even when pytest itself runs under mpiexec
+    env.pop("HPCDL_TIMEOUT", None)
+    if timeout_env is not None:
+        env["HPCDL_TIMEOUT"] = timeout_env
+    start = time.monotonic()
+    done = subprocess.run([str(hpcdl_cli), "launch", "-n", str(n), "--", "python", str(JOBS),
+                           kind, str(seconds)], capture_output=True, text=True, timeout=limit,
+                          env=env)
+    return done, time.monotonic() - start
+
+
+@pytest.mark.spawns
+def test_stalled_rank_is_named_within_timeout():
+    # Rank 2 of 4 sleeps (no MPI call at all) while the others wait in an allreduce.
+    timeout = 5
+    done, _ = _launch(4, "collective", 120, str(timeout))
+    ended = time.time()
+    report = done.stdout + done.stderr
+    assert done.returncode != 0, report[-3000:]
+    assert "ranks that have not arrived: 2\n" in report, report[-3000:]
+    assert "Allreduce #" in report and "rank 2: last started Allreduce" in report
+    assert "inside no MPI call" in report and "watchdog_jobs.py" in report
+    assert "finished" not in report
+    # From the moment rank 2 fell asleep to the end of the whole job.
+    slept = float(report.split("sleeping since ")[1].split()[0])
+    print(f"job ended {ended - slept:.1f} s after rank 2 fell asleep (timeout {timeout} s)")
+    assert ended - slept <= timeout + 10, (ended - slept, report[-2000:])
+
+
+@pytest.mark.spawns
+def test_point_to_point_stall_names_the_sender():
+    done, _ = _launch(2, "p2p", 120, "4")
+    report = done.stdout + done.stderr
+    assert done.returncode != 0, report[-3000:]
+    assert "Recv" in report and "ranks that have not arrived: 0\n" in report, report[-3000:]
+
+
+@pytest.mark.spawns
+@pytest.mark.parametrize("timeout_env", [None, "30"])
+def test_late_rank_without_timeout_still_finishes(timeout_env):
+    # Off: behaviour unchanged (the job waits for the late rank). On with a timeout
+    # longer than the wait: no false alarm.
+    done, _ = _launch(4, "collective", 3, timeout_env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert done.stdout.count("finished collective") == 4
+    assert "watchdog" not in done.stderr

@@ -1,0 +1,42 @@
+"""Jobs that tests/test_watchdog.py launches: ``python tests/watchdog_jobs.py KIND SECONDS``.
+
+* ``collective``: rank 2 (or the last rank) sleeps SECONDS before the 4th allreduce.
+* ``p2p``: rank 0 sleeps SECONDS before sending to rank 1, which waits in a receive.
+"""
+
+import sys
+import time
+
+import numpy as np
+
+import hpcdl
+
+
+def main() -> None:
+    kind, seconds = sys.argv[1], float(sys.argv[2])
+    ctx = hpcdl.init()
+    x = np.full(1024, ctx.rank + 1, np.float32)
+    if kind == "collective":
+        late = min(2, ctx.size - 1)
+        for _ in range(3):
+            hpcdl.allreduce(x)
+            x[:] = ctx.rank + 1
+        if ctx.rank == late:
+            print(f"rank {ctx.rank} sleeping since {time.time()}", flush=True)
+            time.sleep(seconds)
+        hpcdl.allreduce(x)
+        expected = ctx.size * (ctx.size + 1) / 2
+        assert np.all(x == expected), (x[:4], expected)
+    elif kind == "p2p":
+        if ctx.rank == 0:
+            time.sleep(seconds)
+            ctx.comm.send(x, 1, tag=3)
+        elif ctx.rank == 1:
+            ctx.comm.recv(x, 0, tag=3)
+            assert np.all(x == 1)
+        hpcdl.barrier()
+    print(f"rank {ctx.rank} finished {kind}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
