@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="torch threads per rank; 0: this node's cores / ranks on it")
     p.add_argument("--out", default="out/demo", help="folder for metrics.json and curves.png")
     checkpointing.add_arguments(p)
-    for name in MODES:
+    # one module may serve several --mode names (ps-sync, ps-async, ssp): its flags once
+    for name in {module: name for name, module in MODES.items()}.values():
         load_mode(name).add_arguments(p)
     return p.parse_args(argv)
 

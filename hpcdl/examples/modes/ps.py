@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import weakref
 
 import torch
 from torch import nn
@@ -25,13 +24,9 @@ from ..common import Data, RunResult, SmallCNN, epoch_row, evaluate
 __all__ = ["add_arguments", "run", "PS_MODES"]
 
 PS_MODES = {"ps-sync": "sync", "ps-async": "async", "ssp": "ssp"}
-_seen: "weakref.WeakSet[argparse.ArgumentParser]" = weakref.WeakSet()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    if p in _seen:          # one module serves three --mode names; add its flags once
-        return
-    _seen.add(p)
     g = p.add_argument_group("--mode ps-sync | ps-async | ssp (parameter server)")
     g.add_argument("--staleness", type=int, default=2,
                    help="ssp: a worker may run this many clocks ahead of the slowest")
