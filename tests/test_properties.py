@@ -14,14 +14,16 @@ from types import SimpleNamespace
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from hpcdl.collectives import select  # noqa: E402
 from hpcdl.errors import InvalidArgumentError  # noqa: E402
 
-FAST = settings(max_examples=40, deadline=None)
+# derandomize: under mpiexec every rank must draw the same examples (collectives match)
+FAST = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # Mostly plausible entries (so that valid, unsorted and almost-valid tables all occur),
 # sometimes the wrong type: True, a float, a string, a negative number, null too early.
@@ -72,3 +74,41 @@ def test_a_table_is_accepted_exactly_when_choose_can_trust_it(rules, nbytes, tmp
         select._table = saved
         select._rules.clear()
     assert got == expect
+
+
+@FAST
+@given(n=st.integers(1, 40), out_n=st.integers(0, 41),
+       dtype=st.sampled_from(["float64", "float32", "int32", "int64"]))
+def test_out_of_any_wrong_size_is_refused(ctx, n, out_n, dtype):
+    """``out`` must hold exactly the result: any other size is an error naming 'out'."""
+    import hpcdl
+
+    x = np.ones(n, dtype)
+    out = np.zeros(out_n, dtype)
+    if out_n == n:
+        hpcdl.allreduce(x, out=out)
+        np.testing.assert_array_equal(out, np.full(n, ctx.size, dtype))
+    else:
+        with pytest.raises(InvalidArgumentError, match="out"):
+            hpcdl.allreduce(x, out=out)
+
+
+@FAST
+@given(op=st.one_of(st.integers(), st.floats(allow_nan=False), st.none(), st.booleans(),
+                    st.lists(st.integers(), max_size=2),
+                    st.text(max_size=6).filter(lambda s: s.lower() not in
+                                               ("sum", "avg", "min", "max", "prod"))),
+       root=st.one_of(st.booleans(), st.floats(allow_nan=False), st.text(max_size=3),
+                      st.integers(-3, -1), st.integers(64, 10**6)))
+def test_bad_op_and_root_objects_are_clear_errors(ctx, op, root):
+    """An op or root that is not a valid choice raises an HpcdlError, never a TypeError
+    from deep inside, a hang or a wrong answer."""
+    import hpcdl
+    from hpcdl.errors import HpcdlError
+
+    x = np.ones(3)
+    with pytest.raises(HpcdlError):
+        hpcdl.allreduce(x, op=op)
+    with pytest.raises(HpcdlError):
+        hpcdl.broadcast(x, root=root)
+    np.testing.assert_array_equal(x, np.ones(3))

@@ -168,9 +168,59 @@ def test_fp16_compression_contract(ctx):
 
 
 def test_fp16_compressor_of_hpcdl(ctx):
-    compression = pytest.importorskip("hpcdl.compression")
-    got = distributed(ctx, compression=compression.FP16Compressor())
+    from hpcdl.compression import FP16Compressor
+
+    got = distributed(ctx, compression=FP16Compressor())
     assert max_diff(got, reference()) < FP16_TOL
+
+
+def test_fp16_compression_never_blocks_the_backward_hooks(monkeypatch):
+    """Defect 4: the scale agreement (an allreduce of max) must not drain the async
+    queue inside a gradient hook; it runs with the bucket's own queued operation.
+    Two in-process ranks."""
+    import threading
+
+    from hpcdl.comm import run_ranks
+    from hpcdl.compression import FP16Compressor
+
+    # A blocking collective in the hook drains the queue whenever it is non-empty
+    # (timing-dependent); where the scale allreduce runs is not: count it by thread.
+    blocked: list[str] = []
+    real_max = FP16Compressor._allreduce_max
+
+    def on_which_thread(self, maxabs):
+        blocked.append(threading.current_thread().name)
+        return real_max(self, maxabs)
+
+    monkeypatch.setattr(FP16Compressor, "_allreduce_max", on_which_thread)
+
+    def body(comm):
+        torch.manual_seed(0)  # every parameter gets a gradient: buckets launch in the hooks
+        model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(4)])
+        opt = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                   named_parameters=model.named_parameters(),
+                                   compression=FP16Compressor(comm=comm),
+                                   fusion_threshold_mb=0.0, comm=comm)
+        before = len(blocked)
+        model(torch.randn(5, 8)).square().sum().backward()
+        during = [t for t in blocked[before:] if t == threading.current_thread().name]
+        opt.step()
+        opt.remove_hooks()
+        comm.executor.close()
+        return len(during)
+
+    assert run_ranks(2, body, timeout=60) == [0, 0], blocked
+
+
+def test_fp16_compressor_must_share_the_optimizer_comm(ctx):
+    from hpcdl.compression import FP16Compressor
+    from hpcdl.comm import run_ranks
+
+    other = run_ranks(1, lambda c: c)[0]
+    model = make_model()
+    with pytest.raises(InvalidArgumentError, match="comm"):
+        DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                             compression=FP16Compressor(comm=other))
 
 
 def test_unused_and_rank_dependent_parameters(ctx):

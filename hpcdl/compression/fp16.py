@@ -94,6 +94,17 @@ class FP16Compressor:
             self._comm = get_context().comm
         return self._comm
 
+    def bind(self, comm: Any) -> None:
+        """Agree on scales over ``comm`` (``DistributedOptimizer`` binds its own): an error
+        if this compressor was built for another communicator."""
+        if self._comm is None:
+            self._comm = comm
+        elif self._comm is not comm:
+            raise InvalidArgumentError(f"FP16Compressor was built with comm={self._comm!r} but "
+                                       f"is used over {comm!r}: the scale agreement would run "
+                                       "on a different group than the reduction",
+                                       rank=getattr(comm, "rank", None), op="compress")
+
     def reset(self) -> None:
         """Forget every error-feedback residual."""
         self._residuals.clear()

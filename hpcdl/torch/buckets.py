@@ -44,8 +44,7 @@ class Bucket:
     flat: torch.Tensor | None = field(default=None, repr=False)
     views: list[torch.Tensor] = field(default_factory=list, repr=False)  # flat[o:o+n].view(shape)
     ready: int = 0            # parameters whose gradient is complete this step
-    launched: bool = False
-    pending: Any = field(default=None, repr=False)  # (handle, payload, ctx) in flight
+    pending: Any = field(default=None, repr=False)  # the Handle in flight
 
     @property
     def nbytes(self) -> int:

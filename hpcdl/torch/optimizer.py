@@ -34,7 +34,7 @@ import torch
 
 from .. import trace
 from ..collectives import allreduce
-from ..collectives.handle import drain
+from ..collectives.handle import drain, executor_for
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError, MismatchError
 from ..ops import ReduceOp, parse_op
@@ -150,6 +150,9 @@ class DistributedOptimizer:
                                                                  None))):
             raise InvalidArgumentError(f"compression={compression!r} has no compress/decompress "
                                        "methods", rank=rank, op="DistributedOptimizer")
+        bind = getattr(compression, "bind", None)
+        if callable(bind):  # a collective compressor must run on the optimizer's comm
+            bind(self.comm)
         self.optimizer = optimizer
         self.compression = compression
         # hpcdl's FP16Compressor keys its error-feedback residual by name when given one.
@@ -245,17 +248,26 @@ class DistributedOptimizer:
             trace.record(f"pack bucket {b.index}", "optimizer", t0, trace.now(),
                          bytes=int(b.flat.numel() * b.flat.element_size()))
         if self.compression is None:
-            payload, ctx = b.flat, None
-        elif self._named_compress:
-            payload, ctx = self.compression.compress(b.flat, name=f"hpcdl.bucket{b.index}")
-        else:
-            payload, ctx = self.compression.compress(b.flat)
-        if t0 and self.compression is not None:
-            trace.record(f"compress bucket {b.index}", "compression", t0, trace.now())
-        handle = allreduce(payload, op="sum", algorithm=self.algorithm, comm=self.comm,
-                           async_op=True)
-        b.pending = (handle, payload, ctx)
-        b.launched = True
+            b.pending = allreduce(b.flat, op="sum", algorithm=self.algorithm, comm=self.comm,
+                                  async_op=True)
+            return
+        # Compression may itself be collective (FP16Compressor agrees on scales with an
+        # allreduce of max): compress and reduce as *one* queued operation, so the hook
+        # never blocks on the queue and every rank runs the two in the same order.
+        flat, name = b.flat, f"hpcdl.bucket{b.index}"
+
+        def compress_and_reduce() -> tuple[Any, Any]:
+            c0 = trace.now() if trace.ON else 0
+            if self._named_compress:
+                payload, ctx = self.compression.compress(flat, name=name)
+            else:
+                payload, ctx = self.compression.compress(flat)
+            if c0:
+                trace.record(f"compress bucket {b.index}", "compression", c0, trace.now())
+            allreduce(payload, op="sum", algorithm=self.algorithm, comm=self.comm)
+            return payload, ctx
+
+        b.pending = executor_for(self.comm).submit("allreduce", compress_and_reduce)
 
     def synchronize(self) -> None:
         """Finish the reduction: afterwards every ``.grad`` holds the average over ranks.
@@ -271,18 +283,19 @@ class DistributedOptimizer:
             scale = 1.0 / self.comm.size if self.op is ReduceOp.AVG else 1.0
             try:
                 for b in self._buckets:
-                    handle, payload, ctx = b.pending
                     t0 = trace.now() if trace.ON else 0
-                    handle.wait()
-                    reduced = payload if self.compression is None else \
-                        self.compression.decompress(payload, ctx)
+                    if self.compression is None:
+                        reduced = b.pending.wait()
+                    else:
+                        payload, ctx = b.pending.wait()
+                        reduced = self.compression.decompress(payload, ctx)
                     unpack(b, reduced, scale)
                     if t0:
                         trace.record(f"wait+unpack bucket {b.index}", "optimizer", t0,
                                      trace.now())
             finally:
                 for b in self._buckets:
-                    b.ready, b.launched, b.pending = 0, False, None
+                    b.ready, b.pending = 0, None
                 for k in self._counts:
                     self._counts[k] = 0
                 self._next = 0
