@@ -17,7 +17,7 @@ from mpi4py import MPI
 from ...comm.mpi import MPICommunicator
 from ...errors import InvalidArgumentError
 from . import collectives as jobs
-from .ops import check_tensor, hpcdl_op, mpi_op, torch_op
+from .ops import check_tensor, host_bytes, hpcdl_op, mpi_op, torch_op
 from .work import P2PWork, submit
 
 __all__ = ["ProcessGroupHpcdl"]
@@ -262,8 +262,6 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
         return t
 
     def send(self, tensors: list, dst: int, tag: int) -> dist.Work:
-        from .ops import host_bytes
-
         t = self._p2p_args(tensors, dst, tag, "send")
         host = t.detach().to("cpu")  # a CUDA tensor is staged; the copy lives in the work
         req = self._p2p.mpi.Isend([host_bytes(host), MPI.BYTE], dst, tag)
@@ -272,8 +270,6 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
         return work
 
     def recv(self, tensors: list, src: int, tag: int) -> dist.Work:
-        from .ops import host_bytes
-
         t = self._p2p_args(tensors, src, tag, "recv")
         host = t if t.device.type == "cpu" else torch.empty(t.shape, dtype=t.dtype)
         req = self._p2p.mpi.Irecv([host_bytes(host), MPI.BYTE], src, tag)
