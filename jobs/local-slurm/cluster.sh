@@ -205,6 +205,7 @@ echo "cluster.sh: $NODES node(s) idle ($(tr '\n' ' ' <<<"$states")) in ${SECONDS
 # In the background + wait, so that a TERM/INT to this script runs the trap at once
 # (bash defers traps until a foreground child returns).
 set +e
+export HPCDL_LOCAL_SLURM_DIR=$T
 "$@" &
 CMD=$!
 wait "$CMD"
