@@ -2,6 +2,7 @@
 #   make demo   set up (once) and run the main job on 4 ranks
 #   make test   set up (once) and run the tests, serially and under mpiexec at 1..4 ranks
 #   make bench  set up (once) and run the benchmarks at 2 and 4 ranks
+#   make slurm-test  the jobs/ scripts under a local 2-node Slurm (root; docs/slurm.md)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -11,7 +12,7 @@ TORCH  ?= torch==2.13.0
 RANKS  ?= 1 2 3 4
 OUT    ?= out
 
-.PHONY: setup demo test test-serial test-mpi bench clean
+.PHONY: setup demo test test-serial test-mpi bench slurm-test clean
 
 setup: $(VENV)/.setup-done
 
@@ -37,6 +38,12 @@ test-mpi: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py --out $(OUT)/bench
+
+# A throw-away local Slurm (munged, slurmctld, 2 emulated slurmd's), stopped by PID on
+# exit; prints SKIP (exit 0) without root/apt-get. The venv's python runs every job.
+slurm-test: setup
+	timeout 1500 jobs/local-slurm/cluster.sh --nodes 2 -- \
+	  $(PY) -m pytest -q -p no:cacheprovider --color=no -rs tests/slurm
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -90,7 +90,7 @@ trap '[[ -n $CMD ]] && kill -TERM "$CMD" 2>/dev/null; exit 143' TERM
 
 UTS=0
 mkdir -p "$T/spool" "$T/tmp"
-if unshare --uts --mount sh -c "mount --bind $T/tmp $T/spool" 2>/dev/null; then UTS=1
+if unshare --uts --mount sh -c "mount --bind $T/tmp $T/spool && mount -t tmpfs shm /dev/shm" 2>/dev/null; then UTS=1
 elif (( NODES > 1 )); then
     echo "cluster.sh: WARNING: unshare --uts --mount failed: the $NODES nodes share one hostname" \
          "and one spool folder, so MPI jobs spanning them cannot start (HPCDL_SLURM_UTS=0 tells the tests)" >&2
@@ -175,10 +175,12 @@ start slurmctld slurmctld -D -i -f "$T/n1/slurm.conf"
 for (( n=1; n<=NODES; n++ )); do
     # Each emulated node gets its own hostname (a UTS namespace): Slurm's PMIx tells
     # Open MPI the host by gethostname(), and two nodes named alike made MPI_Init hang.
+    # And its own /dev/shm: Open MPI's shared-memory segments are named by job and local
+    # rank, which repeat on every node (and in a second local cluster), and crashed.
     # unshare without --fork and sh's exec keep the PID we record that of slurmd itself.
     if (( UTS )); then
         start "slurmd-n$n" unshare --uts --mount sh -c \
-            'hostname "$0" && mount --bind "$1/$0/spool" "$1/spool" && mount --bind "$1/$0/tmp" "$1/tmp" && shift && exec "$@"' \
+            'hostname "$0" && mount --bind "$1/$0/spool" "$1/spool" && mount --bind "$1/$0/tmp" "$1/tmp" && mount -t tmpfs -o mode=1777 shm /dev/shm && shift && exec "$@"' \
             "n$n" "$T" slurmd -D -N "n$n" -f "$T/n$n/slurm.conf"
     else
         start "slurmd-n$n" slurmd -D -N "n$n" -f "$T/n$n/slurm.conf"
@@ -205,6 +207,7 @@ echo "cluster.sh: $NODES node(s) idle ($(tr '\n' ' ' <<<"$states")) in ${SECONDS
 # In the background + wait, so that a TERM/INT to this script runs the trap at once
 # (bash defers traps until a foreground child returns).
 set +e
+export HPCDL_LOCAL_SLURM_DIR=$T
 "$@" &
 CMD=$!
 wait "$CMD"
