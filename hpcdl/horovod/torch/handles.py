@@ -1,8 +1,8 @@
-"""Horovod's integer handles for ``*_async`` calls: ``poll(h)`` and ``synchronize(h)``.
+"""Horovod's integer handles for ``*_async`` calls: ``poll(h)``, ``synchronize(h)``.
 
 A handle maps to an hpcdl :class:`~hpcdl.Handle` (``None`` for an operation
-that finished at the call, a list for a grouped call) and a function that turns the hpcdl result into
-what Horovod's ``synchronize`` returns (a new tensor, a tuple, ...).
+that finished at the call, a list for a grouped call) and a function that
+turns the hpcdl result into what Horovod's ``synchronize`` returns.
 """
 
 from __future__ import annotations

@@ -120,8 +120,9 @@ def allreduce(tensor: torch.Tensor, average: bool | None = None, name: str | Non
                                             postscale_factor, ps, "allreduce")))
     if op not in (Average, Sum) or not tensor.dtype.is_floating_point:
         # Horovod compresses whatever it is given; scaled fp16 is defined for float sums.
-        raise InvalidArgumentError(f"compression={compression.__name__ if isinstance(compression, type) else compression!r} "
-                                   "needs a floating tensor and op Average or Sum",
+        label = getattr(compression, "__name__", repr(compression))
+        raise InvalidArgumentError(f"compression={label} needs a floating tensor and op "
+                                   "Average or Sum",
                                    rank=ps.comm.rank, op="allreduce")
     shape, dtype = describe(tensor)
     agree(ps, "allreduce", {"shape": list(shape), "dtype": dtype, "op": op},
