@@ -174,3 +174,35 @@ def test_shipped_measurements_fit_within_the_target():
     assert judged and max(abs(r["error"]) for r in judged) < 0.2, \
         sorted(judged, key=lambda r: -abs(r["error"]))[:3]
     assert math.isfinite(fit(data).transport.alpha)
+
+
+def test_auto_uses_the_model_for_rank_counts_the_table_lacks(ctx, tmp_path, monkeypatch):
+    """A table with rules for 2 and 4 ranks only: at 3 ranks (one node) auto follows the
+    model fitted to the measurements; a listed rank count keeps its measured rules."""
+    import types
+
+    import hpcdl.model.auto as auto
+    from hpcdl.collectives import select
+
+    data = tmp_path / "m.json"
+    data.write_text(json.dumps(synthetic()))
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps({"version": 1, "source": "test", "rules": {"float": {
+        "2": [[None, "ring"]], "4": [[None, "ring"]]}}}))
+    monkeypatch.setenv("HPCDL_TUNING_FILE", str(table))
+    monkeypatch.setattr("hpcdl.model.measure.user_measurements_path", lambda: data)
+    auto._fitted.cache_clear()
+    select.reload()
+    try:
+        expected = auto.model_rules(3)
+        assert expected and expected != [[None, "ring"]]
+        three, four = types.SimpleNamespace(size=3), types.SimpleNamespace(size=4)
+        for n in (64, 1 << 16, 1 << 24):
+            want = next(a for lim, a in expected if lim is None or lim >= n)
+            got = select.choose(three, n, np.dtype(np.float32))
+            assert got == (want if ctx.num_nodes == 1 else "ring"), n
+            assert select.choose(four, n, np.dtype(np.float32)) == "ring"
+    finally:
+        monkeypatch.undo()
+        auto._fitted.cache_clear()
+        select.reload()

@@ -18,7 +18,9 @@ for MPI, so their crossovers differ), ``"float"`` to every other dtype. Under
 each, the key is a rank count and the value a list of ``[max_bytes,
 algorithm]`` in increasing order, ``null`` meaning no limit: the first entry
 whose ``max_bytes`` is at least the message size wins. A rank count missing
-from the table uses the nearest smaller one listed (else the smallest).
+from the table uses, for ``"float"`` in a job on one node, the crossovers of
+the fitted cost model (:mod:`hpcdl.model`, ``hpcdl model measure``); otherwise
+the nearest smaller one listed (else the smallest).
 
 The table is read once per process; :func:`reload` forgets it (after changing
 the environment or rewriting the file).
@@ -125,9 +127,23 @@ def _compile(size: int, half: bool) -> tuple[list[int], list[str]]:
     counts = sorted(int(k) for k in per_size)
     below = [c for c in counts if c <= size]
     chosen = per_size[str(below[-1] if below else counts[0])]
+    if str(size) not in per_size and not half and _one_node():
+        chosen = _model_rules(size) or chosen  # the fitted cost model (hpcdl.model)
     limits = [r[0] if r[0] is not None else 1 << 62 for r in chosen]
     entry = _rules[(size, half)] = (limits, [r[1] for r in chosen])
     return entry
+
+
+def _one_node() -> bool:
+    from .. import runtime
+
+    return runtime.is_initialized() and runtime.get_context().num_nodes == 1
+
+
+def _model_rules(size: int) -> list | None:
+    from ..model.auto import model_rules
+
+    return model_rules(size)
 
 
 def choose(comm: Any, nbytes: int, dtype: np.dtype) -> str:
