@@ -46,7 +46,7 @@ class Slowdown:
     def __init__(self, setting: str, rank: int, size: int, compute_s: float, seed: int) -> None:
         self.setting, self.rank, self.size, self.compute_s = setting, rank, size, compute_s
         self.rng = random.Random(seed * 1000 + rank)
-        self.real = 0.0  # the last step's measured real compute
+        self.real = 0.0  # the last step's measured forward + backward
 
     def wait(self) -> None:
         if self.setting == "one2x":
@@ -90,8 +90,10 @@ def run_one(method: str, setting: str, args: argparse.Namespace, data: Any,
         t = time.perf_counter()
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
+        # forward + backward only: opt.step() of allreduce waits for the other ranks, and
+        # scaling that wait by the slowdown would feed back into every rank's next step
         slow.real = time.perf_counter() - t
+        opt.step()
         return len(y)
 
     train_s, samples, epochs, reached, acc, local_step = 0.0, 0, 0, None, 0.0, 0
