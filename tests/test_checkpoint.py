@@ -238,3 +238,30 @@ def _bytes_io(obj):
     torch.save(obj, buf)
     buf.seek(0)
     return buf
+
+
+def test_dcp_metadata_reader_refuses_code():
+    # DCP's .metadata is a pickle; hpcdl's reader resolves DCP's own classes only.
+    import io
+    import os
+    import pickle
+
+    from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata,
+                                                       StorageMeta, TensorProperties,
+                                                       TensorStorageMetadata)
+
+    from hpcdl.checkpoint.sharded import _SafeUnpickler
+
+    meta = Metadata(state_dict_metadata={"w": TensorStorageMetadata(
+        properties=TensorProperties(dtype=torch.float32), size=torch.Size([4]),
+        chunks=[ChunkStorageMetadata(offsets=torch.Size([0]), sizes=torch.Size([4]))])},
+        storage_meta=StorageMeta(checkpoint_id=Path("/ck/step-1/dcp")))
+    back = _SafeUnpickler(io.BytesIO(pickle.dumps(meta))).load()
+    assert back.state_dict_metadata == meta.state_dict_metadata
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with pytest.raises(pickle.UnpicklingError, match="refused"):
+        _SafeUnpickler(io.BytesIO(pickle.dumps({"x": Boom()}))).load()

@@ -34,7 +34,7 @@ def _env() -> dict[str, str]:
 
 
 def _run(n: int, out: Path, *extra: str) -> dict:
-    done = subprocess.run(_cmd(n, out, *extra), capture_output=True, text=True, timeout=400,
+    done = subprocess.run(_cmd(n, out, *extra), capture_output=True, text=True, timeout=900,
                           env=_env())
     assert done.returncode == 0, done.stderr[-3000:]
     return {**json.loads((out / "metrics.json").read_text()), "stderr": done.stderr}

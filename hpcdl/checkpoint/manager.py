@@ -155,8 +155,8 @@ class CheckpointManager:
         except (OSError, ValueError) as exc:
             raise bad(f"unreadable manifest.json ({exc})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise bad(f"manifest format {manifest.get('format') if isinstance(manifest, dict) else '?'}"
-                      f", expected {FORMAT}")
+            found = manifest.get("format") if isinstance(manifest, dict) else "?"
+            raise bad(f"manifest format {found}, expected {FORMAT}")
         expected = {"shared.pt", *(_rank_file(r) for r in range(int(manifest["size"])))}
         if set(manifest["files"]) != expected:
             raise bad(f"manifest lists {sorted(manifest['files'])}, expected {sorted(expected)}")

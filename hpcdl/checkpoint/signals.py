@@ -25,7 +25,8 @@ class SignalFlag:
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         for s in signals:
-            num = s if isinstance(s, int) else getattr(signal, "SIG" + str(s).upper().removeprefix("SIG"))
+            name = "SIG" + str(s).upper().removeprefix("SIG")
+            num = s if isinstance(s, int) else getattr(signal, name)
             self._previous[int(num)] = signal.signal(num, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:

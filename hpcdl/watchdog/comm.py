@@ -133,8 +133,8 @@ def world_ranks(comm: MPI.Comm) -> tuple[int, ...]:
     """The ``COMM_WORLD`` ranks of ``comm``'s members (a local call: no communication)."""
     group, world = comm.Get_group(), MPI.COMM_WORLD.Get_group()
     try:
-        return tuple(int(r) for r in MPI.Group.Translate_ranks(group, list(range(group.Get_size())),
-                                                                world))
+        members = list(range(group.Get_size()))
+        return tuple(int(r) for r in MPI.Group.Translate_ranks(group, members, world))
     finally:
         group.Free()
         world.Free()
