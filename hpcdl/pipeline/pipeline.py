@@ -73,6 +73,11 @@ class Pipeline:
                                        f"{len(mods)} modules (use 'interleaved1f1b')", **where)
         self.schedule_name, self.n_microbatches, self.modules = name, n_microbatches, mods
         self.device = torch.device(device)
+        # The "hpcdl" backend (like MPI) sends only contiguous tensors, and a CPU
+        # convolution run under no_grad can return a strided one: hand the next
+        # stage a contiguous copy (a no-op when it already is).
+        for mod in mods:
+            mod.register_forward_hook(_contiguous_output)
         v = len(mods)
         self.num_stages = grid.stages * v
         self.stage_indices = [grid.stage + k * grid.stages for k in range(v)]
@@ -164,7 +169,8 @@ class Pipeline:
     def _run(self, op: str, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
-        except HpcdlError:
+        except HpcdlError as e:
+            print(e, file=sys.stderr, flush=True)
             raise
         except Exception as e:
             g = self.grid
@@ -243,3 +249,11 @@ class Pipeline:
 
     def timeline(self) -> list[tuple[str, int, float, float]]:
         return sorted((e for t in self.timelines for e in t.events), key=lambda e: e[2])
+
+
+def _contiguous_output(module: nn.Module, args: Any, output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output.contiguous()
+    if isinstance(output, tuple):
+        return tuple(o.contiguous() if isinstance(o, torch.Tensor) else o for o in output)
+    return output
