@@ -37,8 +37,8 @@ FAILING = textwrap.dedent("""
     ctx = hpcdl.init()
     grid = hp.Grid(stages=ctx.size)
     mod = Broken() if grid.stage == 1 else nn.Linear(4, 4)
-    pipe = hp.Pipeline(mod, grid, 2, nn.functional.mse_loss, schedule="1f1b")
-    pipe.step(torch.randn(4, 4), torch.randn(4, 4))
+    pipe = hp.Pipeline(mod, grid, 3, nn.functional.mse_loss, schedule="1f1b")
+    pipe.step(torch.randn(6, 4), torch.randn(6, 4))
     print("NOT REACHED", flush=True)
 """)
 
@@ -52,7 +52,7 @@ def test_a_failing_stage_ends_the_job_naming_its_rank(tmp_path):
     out = done.stdout + done.stderr
     assert done.returncode != 0, out[-3000:]
     assert "NOT REACHED" not in out
-    assert "[hpcdl rank 1/3] pipeline.step: stage 1 (of 3) of replica 0 failed" in out, \
+    assert "[hpcdl rank 1] pipeline.step: stage 1 (of 3) of replica 0 failed" in out, \
         out[-3000:]
     assert "stage module exploded" in out
 
