@@ -51,6 +51,10 @@ class ActivationMeter:
         # Only the schedule's forward_one_chunk calls count: torch's shape
         # inference runs the module once more outside them and keeps that
         # output (and its graph) for metadata, which is not a micro-batch.
+        self.watch(stages)
+
+    def watch(self, stages: list[Any]) -> None:
+        """Count the saved activations of these stage objects' forward computes too."""
         for st in stages:
             st.forward_one_chunk = self._wrap(st.forward_one_chunk)
 

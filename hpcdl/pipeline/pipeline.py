@@ -17,6 +17,7 @@ that name the failing rank and stage, and activation / timeline bookkeeping.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Sequence
 
 import torch
@@ -72,11 +73,19 @@ class Pipeline:
                                        f"{len(mods)} modules (use 'interleaved1f1b')", **where)
         self.schedule_name, self.n_microbatches, self.modules = name, n_microbatches, mods
         self.device = torch.device(device)
+        # The "hpcdl" backend (like MPI) sends only contiguous tensors, and a CPU
+        # convolution run under no_grad can return a strided one: hand the next
+        # stage a contiguous copy (a no-op when it already is).
+        for mod in mods:
+            mod.register_forward_hook(_contiguous_output)
         v = len(mods)
         self.num_stages = grid.stages * v
         self.stage_indices = [grid.stage + k * grid.stages for k in range(v)]
-        self.stages = [PipelineStage(m, i, self.num_stages, self.device, group=grid.pp_group)
-                       for m, i in zip(mods, self.stage_indices)]
+        if name == "1f1b" and n_microbatches < self.num_stages:
+            raise InvalidArgumentError(f"1F1B needs n_microbatches >= stages (torch's "
+                                       f"Schedule1F1B); got M={n_microbatches} for "
+                                       f"{self.num_stages} stages: use 'gpipe' or more "
+                                       "micro-batches", **where)
         m = n_microbatches
 
         def scaled_loss(output: Any, target: Any) -> torch.Tensor:
@@ -84,26 +93,47 @@ class Pipeline:
             # full batch's mean, and so is the gradient autograd accumulates.
             return loss_fn(output, target) / m
 
-        cls = SCHEDULES[name]
-        stage_arg: Any = self.stages if name == "interleaved1f1b" else self.stages[0]
-        # scale_grads=False: the loss is already scaled, and torch's post-hoc
-        # division would come after the replicas' allreduce has packed the gradients.
-        if name == "1f1b" and n_microbatches < self.num_stages:
-            raise InvalidArgumentError(f"1F1B needs n_microbatches >= stages (torch's "
-                                       f"Schedule1F1B); got M={n_microbatches} for "
-                                       f"{self.num_stages} stages: use 'gpipe' or more "
-                                       "micro-batches", **where)
+        self._loss = scaled_loss
+        self._cls = SCHEDULES[name]
+        self.meter = ActivationMeter([])
+        self.timelines: list[Timeline] = []
+        # torch's PipelineStage fixes its receive buffers' shapes at its first run,
+        # so each (training or forward-only, batch size) gets its own stage objects
+        # over the same modules; the first is built now to check the setup.
+        self._runners: dict[tuple[bool, int | None], Any] = {}
+        self._last_key: int | None = None
+        self.schedule = self._runner(True, None)
+
+    def _runner(self, train: bool, batch: int | None) -> Any:
+        key = (train, batch)
+        if key in self._runners:
+            return self._runners[key]
+        stages = [PipelineStage(m, i, self.num_stages, self.device, group=self.grid.pp_group)
+                  for m, i in zip(self.modules, self.stage_indices)]
+        self.meter.watch(stages)
+        self.timelines += [Timeline(st) for st in stages]
+        arg: Any = stages if self.schedule_name == "interleaved1f1b" else stages[0]
         try:
-            self.schedule = cls(stage_arg, n_microbatches, loss_fn=scaled_loss,
-                                scale_grads=False)
+            # scale_grads=False: the loss is already scaled, and torch's post-hoc
+            # division would come after the replicas' allreduce packed the gradients.
+            # Forward-only runs have no loss: torch's eval() on a schedule with one
+            # still computes it, and needs targets.
+            sched = self._cls(arg, self.n_microbatches, scale_grads=False,
+                              **({"loss_fn": self._loss} if train else {}))
         except (ValueError, RuntimeError) as e:
-            raise InvalidArgumentError(f"torch's {cls.__name__} refuses this setup: {e}",
-                                       **where) from e
-        # Forward-only runs get their own schedule without a loss: torch's eval()
-        # on a schedule that has one still computes it, and needs targets.
-        self._forward_only = cls(stage_arg, n_microbatches, scale_grads=False)
-        self.meter = ActivationMeter(self.stages)
-        self.timelines = [Timeline(s) for s in self.stages]
+            raise InvalidArgumentError(f"torch's {self._cls.__name__} refuses this setup: "
+                                       f"{e}", rank=self.grid.rank, op="pipeline.Pipeline") from e
+        self._runners[key] = sched
+        return sched
+
+    def _key(self, *tensors: Any) -> int | None:
+        # Ranks that were given no batch (a middle stage passing None) use the
+        # last size seen: pass x on every rank when batch sizes vary.
+        for t in tensors:
+            if t is not None:
+                self._last_key = len(t)
+                return len(t)
+        return self._last_key
 
     # -- gradients across replicas -------------------------------------------------------
     def distributed_optimizer(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
@@ -139,13 +169,18 @@ class Pipeline:
     def _run(self, op: str, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
-        except HpcdlError:
+        except HpcdlError as e:
+            print(e, file=sys.stderr, flush=True)
             raise
         except Exception as e:
             g = self.grid
-            raise StageError(f"stage {g.stage} (of {g.stages}) of replica {g.replica} failed "
+            err = StageError(f"stage {g.stage} (of {g.stages}) of replica {g.replica} failed "
                              f"in the {self.schedule_name} schedule: {type(e).__name__}: {e}",
-                             rank=g.rank, op=op) from e
+                             rank=g.rank, op=op)
+            # Said now: when this ends the job (MPI_Abort), the traceback printed at
+            # interpreter exit can be lost with the killed ranks' output.
+            print(err, file=sys.stderr, flush=True)
+            raise err from e
 
     def step(self, x: torch.Tensor | None = None,
              target: torch.Tensor | None = None) -> float | None:
@@ -171,7 +206,8 @@ class Pipeline:
         losses: list[torch.Tensor] = []
         args = (x.to(self.device),) if g.is_first else ()
         tgt = target.to(self.device) if g.is_last else None
-        self._run("pipeline.step", lambda: self.schedule.step(
+        sched = self._runner(True, self._key(x, target))
+        self._run("pipeline.step", lambda: sched.step(
             *args, target=tgt, losses=losses if g.is_last else None, return_outputs=False))
         if not g.is_last:
             return None
@@ -192,7 +228,8 @@ class Pipeline:
         if g.is_first:
             xp = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])]) if pad else x
             args = (xp.to(self.device),)
-        out = self._run("pipeline.predict", lambda: self._forward_only.step(*args))
+        sched = self._runner(False, n + pad)
+        out = self._run("pipeline.predict", lambda: sched.step(*args))
         return out[:n] if g.is_last else None
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -212,3 +249,11 @@ class Pipeline:
 
     def timeline(self) -> list[tuple[str, int, float, float]]:
         return sorted((e for t in self.timelines for e in t.events), key=lambda e: e[2])
+
+
+def _contiguous_output(module: nn.Module, args: Any, output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output.contiguous()
+    if isinstance(output, tuple):
+        return tuple(o.contiguous() if isinstance(o, torch.Tensor) else o for o in output)
+    return output
