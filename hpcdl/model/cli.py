@@ -80,12 +80,17 @@ def report(args: argparse.Namespace) -> int:
     print(f"transport (ping-pong): alpha {t.alpha * 1e6:.2f} us, beta {t.beta * 1e9:.4f} ns/B "
           f"({1 / t.beta / 1e9 if t.beta else float('inf'):.2f} GB/s); "
           f"gamma {t.gamma * 1e9:.4f} ns/B")
-    print(f"\nfitted per algorithm (sizes >= {_human(args.min_bytes)}):")
-    print(f"{'algorithm':>12} {'alpha(us)':>10} {'beta(ns/B)':>11} {'GB/s':>7} {'gamma(ns/B)':>12}")
+    print(f"\nfitted per algorithm (sizes >= {_human(args.min_bytes)}; 'cached' applies up to "
+          "the split size, the other column above it)")
+    print(f"{'algorithm':>12} {'alpha(us)':>10} {'split':>9} {'beta cached':>12} "
+          f"{'beta(ns/B)':>11} {'GB/s':>7} {'gamma cached':>13} {'gamma(ns/B)':>12}")
     for name, prm in f.algorithms.items():
         bw = 1 / prm.beta / 1e9 if prm.beta else float("inf")
-        print(f"{name:>12} {prm.alpha * 1e6:10.2f} {prm.beta * 1e9:11.4f} {bw:7.2f} "
-              f"{prm.gamma * 1e9:12.4f}")
+        split = _human(prm.cache_bytes) if prm.beta_cached is not None else "-"
+        bc = f"{prm.beta_cached * 1e9:.4f}" if prm.beta_cached is not None else "-"
+        gc = f"{prm.gamma_cached * 1e9:.4f}" if prm.gamma_cached is not None else "-"
+        print(f"{name:>12} {prm.alpha * 1e6:10.2f} {split:>9} {bc:>12} {prm.beta * 1e9:11.4f} "
+              f"{bw:7.2f} {gc:>13} {prm.gamma * 1e9:12.4f}")
     rows = compare(data, f)
     print(f"\nmodel vs measured (error = predicted / measured - 1; judged from "
           f"{_human(args.min_bytes)} up):")

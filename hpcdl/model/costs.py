@@ -53,14 +53,32 @@ ALGORITHMS = FLAT + ("hierarchical",)
 
 @dataclass(frozen=True)
 class Params:
-    """alpha (s per message), beta (s per byte moved), gamma (s per byte reduced)."""
+    """alpha (s per message), beta (s per byte moved), gamma (s per byte reduced).
+
+    Real nodes have caches: a message that fits moves (and is reduced) faster
+    than one that streams from memory. ``beta_cached``/``gamma_cached``, when
+    set, apply to messages of at most ``cache_bytes``; ``beta``/``gamma`` to
+    larger ones.
+    """
 
     alpha: float
     beta: float
     gamma: float
+    beta_cached: float | None = None
+    gamma_cached: float | None = None
+    cache_bytes: float = 0.0
 
-    def time(self, a: float, b: float, c: float) -> float:
-        return a * self.alpha + b * self.beta + c * self.gamma
+    def beta_at(self, n: float) -> float:
+        return self.beta_cached if self.beta_cached is not None and n <= self.cache_bytes \
+            else self.beta
+
+    def gamma_at(self, n: float) -> float:
+        return self.gamma_cached if self.gamma_cached is not None and n <= self.cache_bytes \
+            else self.gamma
+
+    def time(self, a: float, b: float, c: float, n: float = float("inf")) -> float:
+        """Seconds for coefficients ``(a, b, c)`` of an ``n``-byte message."""
+        return a * self.alpha + b * self.beta_at(n) + c * self.gamma_at(n)
 
 
 def _fold(p: int) -> tuple[int, int, int]:
@@ -95,7 +113,7 @@ def coefficients(algorithm: str, p: int, n: float,
 
 def cost(algorithm: str, p: int, n: float, params: Params) -> float:
     """Seconds for one allreduce of ``n`` bytes over ``p`` ranks sharing one link type."""
-    return params.time(*coefficients(algorithm, p, n))
+    return params.time(*coefficients(algorithm, p, n), n=n)
 
 
 def _rd_steps(p: int, per_node: int) -> tuple[int, int]:
@@ -121,31 +139,32 @@ def cluster_cost(algorithm: str, p: int, n: float, per_node: int, intra: Params,
         # ring reduce-scatter inside the node (half the ring's messages and bytes, all of
         # its reduction), the cross-node allreduce of one shard, ring allgather inside
         a, b, c = coefficients("ring", per_node, n)
-        inside = intra.time(a / 2, b / 2, c) + intra.time(a / 2, b / 2, 0.0)
+        inside = intra.time(a / 2, b / 2, c, n) + intra.time(a / 2, b / 2, 0.0, n)
         # every local rank crosses with its shard at once: the node link carries them all
-        shared = Params(inter.alpha, inter.beta * per_node, intra.gamma)
+        shared = Params(inter.alpha, inter.beta * per_node, intra.gamma_at(n))
         shard = n / per_node
         cross = min(cost("ring", nodes, shard, shared), cost("native", nodes, shard, shared))
         return inside + cross
     if algorithm == "ring":
         # one link of each node crosses the network per step: the slowest link sets the pace
-        return inter.time(*coefficients("ring", p, n))
+        return inter.time(*coefficients("ring", p, n), n=n)
     q, k, f = _fold(p)
     intra_steps, inter_steps = _rd_steps(p, per_node)
     if algorithm == "tree":
         # the far (inter-node) steps: all per_node ranks of a node send the whole buffer at once
-        far = inter_steps * (inter.alpha + n * inter.beta * per_node + n * intra.gamma)
-        near = intra_steps * (intra.alpha + n * intra.beta + n * intra.gamma)
-        fold = 2 * f * (inter.alpha + n * inter.beta) + f * n * intra.gamma
+        g = intra.gamma_at(n)
+        far = inter_steps * (inter.alpha + n * inter.beta * per_node + n * g)
+        near = intra_steps * (intra.alpha + n * intra.beta_at(n) + n * g)
+        fold = 2 * f * (inter.alpha + n * inter.beta) + f * n * g
         return far + near + fold
     if algorithm in ("native", "chunked"):
         # recursive halving: the far steps come first and carry the largest halves
         far_bytes = sum(n / 2 ** (s + 1) for s in range(inter_steps))
         near_bytes = sum(n / 2 ** (s + 1) for s in range(inter_steps, k))
         t = 2 * (inter_steps * inter.alpha + far_bytes * inter.beta * per_node
-                 + intra_steps * intra.alpha + near_bytes * intra.beta)
-        t += (far_bytes + near_bytes) * intra.gamma
-        t += f * (2 * inter.alpha + 2 * n * inter.beta + n * intra.gamma)
+                 + intra_steps * intra.alpha + near_bytes * intra.beta_at(n))
+        t += (far_bytes + near_bytes) * intra.gamma_at(n)
+        t += f * (2 * inter.alpha + 2 * n * inter.beta + n * intra.gamma_at(n))
         if algorithm == "chunked":
             pieces = max(1, math.ceil(n / CHUNK_BYTES))
             t += (pieces - 1) * 2 * (k + f) * inter.alpha

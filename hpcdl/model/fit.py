@@ -9,6 +9,13 @@
   every size from ``min_bytes`` up. An algorithm's alpha includes its Python
   overhead per message, and its beta the copies it makes besides the transfer.
 
+Caches: below some message size an algorithm's data stays in the node's
+caches and moves (and is reduced) faster than above it. Each algorithm's fit
+therefore tries a split size ``T`` between every pair of neighbouring
+measured sizes (and no split): ``beta_cached`` applies up to ``T`` and
+``beta`` above, ``gamma`` likewise from the reduction timings on either side;
+the split with the smallest worst relative error is kept.
+
 When a run has more ranks on a node than the node has cores (a laptop or CI
 box), every rank gets ``cores / ranks`` of a core: the bandwidth and
 reduction terms stretch by ``ranks / cores``. The fit and the predictions
@@ -58,11 +65,22 @@ def oversubscription(run: dict[str, Any]) -> float:
     return max(1.0, per_node / max(cores, 1))
 
 
-def _gamma(runs: dict[str, Any]) -> float:
-    per_byte = [t / n for run in runs.values() for n, t in run.get("reduce", []) if n > 0]
-    if not per_byte:
+def _reduce_rows(runs: dict[str, Any]) -> list[tuple[float, float]]:
+    rows = [(n, t / n) for run in runs.values() for n, t in run.get("reduce", []) if n > 0]
+    if not rows:
         raise ValueError("no reduction timings in the measurements ('hpcdl model measure')")
-    return float(np.median(per_byte))
+    return rows
+
+
+def _gammas(rows: list[tuple[float, float]], split: float | None) -> tuple[float | None, float]:
+    """(gamma up to ``split``, gamma above it): medians of the per-byte reduction times."""
+    everything = float(np.median([g for _, g in rows]))
+    if split is None:
+        return None, everything
+    below = [g for n, g in rows if n <= split]
+    above = [g for n, g in rows if n > split]
+    return (float(np.median(below)) if below else None,
+            float(np.median(above)) if above else everything)
 
 
 def _transport(runs: dict[str, Any], gamma: float) -> Params:
@@ -75,36 +93,64 @@ def _transport(runs: dict[str, Any], gamma: float) -> Params:
     return Params(float(x[0]), float(x[1]), gamma)
 
 
+def _judged(runs: dict[str, Any], name: str, min_bytes: int) -> list[tuple[dict, float, float]]:
+    return [(run, n, t) for run in runs.values() if int(run["ranks"]) >= 2
+            for n, t in run.get("allreduce", {}).get(name, []) if n >= min_bytes and t > 0]
+
+
+def _fit_split(name: str, rows: list[tuple[dict, float, float]],
+               reduce_rows: list[tuple[float, float]], split: float | None) -> tuple[Params, float]:
+    g_cached, g = _gammas(reduce_rows, split)
+    a_rows, target = [], []
+    for run, n, t in rows:
+        a, b, c = coefficients(name, int(run["ranks"]), n)
+        s = oversubscription(run)
+        cached = split is not None and n <= split
+        gamma = g_cached if cached and g_cached is not None else g
+        cols = [a / t, s * b / t] if split is None else \
+            [a / t, s * b / t if cached else 0.0, 0.0 if cached else s * b / t]
+        a_rows.append(cols)
+        target.append(1.0 - s * c * gamma / t)
+    x = nnls(np.array(a_rows), np.array(target))
+    if split is None:
+        prm = Params(float(x[0]), float(x[1]), g)
+    else:
+        prm = Params(float(x[0]), float(x[2]), g, beta_cached=float(x[1]),
+                     gamma_cached=g_cached, cache_bytes=split)
+    worst = max(abs(_predict(prm, name, run, n) / t - 1) for run, n, t in rows)
+    return prm, worst
+
+
 def fit(data: dict[str, Any], min_bytes: int = 1 << 16) -> Fit:
     """Fit every algorithm found in ``data['runs'][*]['allreduce']``."""
     runs = data["runs"]
-    gamma = _gamma(runs)
+    reduce_rows = _reduce_rows(runs)
     algorithms: dict[str, Params] = {}
     names = sorted({a for run in runs.values() for a in run.get("allreduce", {})},
                    key=lambda a: FLAT.index(a) if a in FLAT else len(FLAT))
     for name in names:
-        rows, target = [], []
-        for run in runs.values():
-            p, s = int(run["ranks"]), oversubscription(run)
-            for n, t in run["allreduce"].get(name, []):
-                if n < min_bytes or p < 2 or t <= 0:
-                    continue
-                a, b, c = coefficients(name, p, n)
-                # relative error: divide the row by the measured time
-                rows.append([a / t, s * b / t])
-                target.append(1.0 - s * c * gamma / t)
+        rows = _judged(runs, name, min_bytes)
         if not rows:
             continue
-        x = nnls(np.array(rows), np.array(target))
-        algorithms[name] = Params(float(x[0]), float(x[1]), gamma)
-    return Fit(_transport(runs, gamma), algorithms, min_bytes)
+        sizes = sorted({n for _, n, _ in rows})
+        splits: list[float | None] = [None] + [math.sqrt(a * b) for a, b in zip(sizes, sizes[1:])]
+        best: tuple[Params, float] | None = None
+        for split in splits:  # no split first: a split must do strictly better to be kept
+            candidate = _fit_split(name, rows, reduce_rows, split)
+            if best is None or candidate[1] < best[1] - 1e-9:
+                best = candidate
+        algorithms[name] = best[0]
+    return Fit(_transport(runs, _gammas(reduce_rows, None)[1]), algorithms, min_bytes)
+
+
+def _predict(prm: Params, name: str, run: dict[str, Any], n: float) -> float:
+    a, b, c = coefficients(name, int(run["ranks"]), n)
+    return a * prm.alpha + oversubscription(run) * (b * prm.beta_at(n) + c * prm.gamma_at(n))
 
 
 def predict(f: Fit, name: str, run: dict[str, Any], n: float) -> float:
     """The fitted time of ``name`` for ``n`` bytes under the conditions of ``run``."""
-    a, b, c = coefficients(name, int(run["ranks"]), n)
-    p, s = f.algorithms[name], oversubscription(run)
-    return a * p.alpha + s * (b * p.beta + c * p.gamma)
+    return _predict(f.algorithms[name], name, run, n)
 
 
 def compare(data: dict[str, Any], f: Fit) -> list[dict[str, Any]]:

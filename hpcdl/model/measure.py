@@ -5,8 +5,8 @@ under ``runs[<rank count>]``:
 
 * ``pingpong``: half the round trip of a message between ranks 0 and 1, per
   size: the transport's own alpha and beta;
-* ``reduce``: one local reduction (``numpy.add`` in place, float32) per size:
-  gamma;
+* ``reduce``: one local reduction (``numpy.add`` in place, float32) per size
+  from 64 KiB: gamma, in and out of cache;
 * ``allreduce``: every flat algorithm (``hpcdl.allreduce(algorithm=...)``)
   per size, the median of the slowest rank's time, best of ``--rounds``
   rounds in rotated order (``hpcdl.tune.time_op``).
@@ -95,7 +95,7 @@ def measure_here(sizes: list[int], rounds: int = 2, budget_s: float = 0.05,
 
     ctx = hpcdl.init()
     comm = ctx.comm
-    big = [s for s in sizes if s >= 1 << 20] or sizes[-1:]
+    big = [s for s in sizes if s >= 1 << 16] or sizes[-1:]
     record: dict[str, Any] = {
         "ranks": comm.size, "ranks_per_node": ctx.local_size, "nodes": ctx.num_nodes,
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
