@@ -22,7 +22,7 @@ def _fitted() -> Fit | None:
     from .measure import load_measurements
 
     try:
-        return fit(load_measurements())
+        return fit(load_measurements(), min_bytes=1)
     except (OSError, ValueError, KeyError):
         return None
 

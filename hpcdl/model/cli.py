@@ -36,7 +36,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--data", type=Path, help="measurements (default: the user's from "
                    f"'hpcdl model measure' at {user_measurements_path()}, else the shipped ones)")
     p.add_argument("--min-bytes", type=int, default=1 << 16,
-                   help="fit and judge sizes from this many bytes up (default 64 KiB)")
+                   help="judge the fit's error from this many bytes up (default 64 KiB)")
+    p.add_argument("--fit-from", type=int, default=1,
+                   help="fit to sizes from this many bytes up (default: all; the small sizes "
+                        "pin down each algorithm's latency)")
     p.add_argument("--network", choices=sorted(PRESETS), default="hdr-ib",
                    help="interconnect preset for the projection (default hdr-ib)")
     p.add_argument("--alpha", help="network latency, e.g. 1.5us (overrides the preset)")
@@ -74,13 +77,13 @@ def _write_table(path: Path, rules: dict[int, list[list[Any]]], source: str) -> 
 
 def report(args: argparse.Namespace) -> int:
     data = load_measurements(args.data)
-    f = fit(data, args.min_bytes)
+    f = fit(data, args.fit_from)
     print(f"measurements: {data.get('source', '?')}")
     t = f.transport
     print(f"transport (ping-pong): alpha {t.alpha * 1e6:.2f} us, beta {t.beta * 1e9:.4f} ns/B "
           f"({1 / t.beta / 1e9 if t.beta else float('inf'):.2f} GB/s); "
           f"gamma {t.gamma * 1e9:.4f} ns/B")
-    print(f"\nfitted per algorithm (sizes >= {_human(args.min_bytes)}; 'cached' applies up to "
+    print(f"\nfitted per algorithm (sizes >= {_human(args.fit_from)}; 'cached' applies up to "
           "the split size, the other column above it)")
     print(f"{'algorithm':>12} {'alpha(us)':>10} {'split':>9} {'beta cached':>12} "
           f"{'beta(ns/B)':>11} {'GB/s':>7} {'gamma cached':>13} {'gamma(ns/B)':>12}")
