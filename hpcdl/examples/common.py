@@ -9,6 +9,7 @@ split of scikit-learn's digits and report the same per-epoch rows, so the
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,7 +20,7 @@ from torch import nn
 
 import hpcdl
 
-__all__ = ["SmallCNN", "Data", "RunResult", "load_data", "set_threads", "pick_device",
+__all__ = ["SmallCNN", "Data", "RunResult", "Progress", "load_data", "set_threads", "pick_device",
            "make_compression", "evaluate", "save_plot", "epoch_row"]
 
 
@@ -134,6 +135,30 @@ def epoch_row(epoch: int, loss: float, accuracy: float, samples: float,
     """One ``history`` row of ``metrics.json``; every mode writes these four fields."""
     return {"epoch": epoch, "loss": loss, "accuracy": accuracy,
             "samples_per_s": samples / seconds if seconds > 0 else 0.0}
+
+
+class Progress:
+    """The progress bar (stderr) and the per-epoch line every mode prints on one rank."""
+
+    def __init__(self, total: int, show: bool, desc: str, unit: str = "step") -> None:
+        from tqdm import tqdm
+
+        self.show = show
+        self.bar = tqdm(total=total, disable=not show, unit=unit, file=sys.stderr,
+                        dynamic_ncols=True, desc=desc)
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def epoch(self, row: dict[str, float]) -> None:
+        """Report one :func:`epoch_row` (on the showing rank only)."""
+        if self.show:
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}")
+            self.bar.write(f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  test accuracy "
+                           f"{100 * row['accuracy']:6.2f}%  {row['samples_per_s']:8.0f} samples/s")
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def save_plot(epochs: list[dict[str, float]], path: Path) -> None:

@@ -4,7 +4,6 @@ DistributedOptimizer's bucketed allreduce, overlapped with the backward pass."""
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
@@ -14,7 +13,7 @@ import hpcdl
 import hpcdl.torch as hdt
 
 from .. import checkpointing
-from ..common import Data, RunResult, SmallCNN, epoch_row, evaluate, make_compression
+from ..common import Data, Progress, RunResult, SmallCNN, epoch_row, evaluate, make_compression
 
 __all__ = ["add_arguments", "run"]
 
@@ -47,10 +46,7 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
     sampler = hdt.DistributedSampler(train, shuffle=True, seed=args.seed)
     loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, sampler=sampler)
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=args.epochs * len(loader), disable=ctx.rank != 0, unit="step",
-               file=sys.stderr, dynamic_ncols=True, desc=f"{ctx.size} rank(s)")
+    bar = Progress(args.epochs * len(loader), ctx.rank == 0, f"{ctx.size} rank(s)")
     history: list[dict[str, float]] = []
     ck = checkpointing.make(args, ctx, model=model, optimizer=opt, sampler=sampler,
                             scaler=scaler, compression=opt.compression,
@@ -79,10 +75,7 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
         row = epoch_row(epoch, float(loss_sum[0] / loss_sum[1]), accuracy, float(loss_sum[1]),
                         elapsed)
         history.append(row)
-        if ctx.rank == 0:
-            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{accuracy:.3f}")
-            bar.write(f"epoch {epoch:3d}  loss {row['loss']:.4f}  test accuracy "
-                      f"{100 * accuracy:6.2f}%  {row['samples_per_s']:8.0f} samples/s")
+        bar.epoch(row)
     bar.close()
     final = history[-1]["accuracy"] if history else evaluate(model, data.x_test, data.y_test,
                                                                device)

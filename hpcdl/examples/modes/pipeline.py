@@ -12,7 +12,6 @@ hpcdl's allreduce. ``--batch-size`` stays per rank: a replica's batch is
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Callable
 
@@ -23,7 +22,7 @@ import hpcdl
 import hpcdl.pipeline as hp
 from hpcdl.torch import DistributedSampler
 
-from ..common import Data, RunResult, epoch_row
+from ..common import Data, Progress, RunResult, epoch_row
 
 __all__ = ["add_arguments", "run", "digits_layers"]
 
@@ -71,11 +70,8 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
                                  shuffle=True, seed=args.seed)
     loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size * grid.stages,
                                          sampler=sampler, drop_last=True)
-    from tqdm import tqdm
-
-    bar = tqdm(total=args.epochs * len(loader), disable=ctx.rank != 0, unit="step",
-               file=sys.stderr, dynamic_ncols=True,
-               desc=f"{grid.stages} stages x {grid.replicas} replicas")
+    bar = Progress(args.epochs * len(loader), ctx.rank == 0,
+                   f"{grid.stages} stages x {grid.replicas} replicas")
     history: list[dict[str, float]] = []
     for epoch in range(1, args.epochs + 1):
         sampler.set_epoch(epoch)
@@ -94,9 +90,7 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
         row = epoch_row(epoch, float(running[0] / running[1]), accuracy, float(running[1]),
                         elapsed)
         history.append(row)
-        if ctx.rank == 0:
-            bar.write(f"epoch {epoch:3d}  loss {row['loss']:.4f}  test accuracy "
-                      f"{100 * accuracy:6.2f}%  {row['samples_per_s']:8.0f} samples/s")
+        bar.epoch(row)
     bar.close()
     final = history[-1]["accuracy"] if history else evaluate(pipe, grid, data)
     params = torch.tensor([0.0] * grid.stages)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from typing import Iterator
 
@@ -21,7 +20,7 @@ from torch import nn
 import hpcdl
 import hpcdl.torch as hdt
 
-from ..common import Data, RunResult, SmallCNN, epoch_row, evaluate
+from ..common import Data, Progress, RunResult, SmallCNN, epoch_row, evaluate
 
 __all__ = ["add_arguments", "run", "batches"]
 
@@ -56,10 +55,8 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
                             sync_every=steps_per_epoch, max_groups=args.max_groups or None)
     avg = hdt.PReduceAverager(model.parameters(), session)
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=args.epochs, disable=ctx.rank != 0, unit="epoch", file=sys.stderr,
-               dynamic_ncols=True, desc=f"{ctx.size} rank(s), P={args.group_size}")
+    bar = Progress(args.epochs, ctx.rank == 0, f"{ctx.size} rank(s), P={args.group_size}",
+                   unit="epoch")
     history: list[dict[str, float]] = []
     running = torch.zeros(3, dtype=torch.float64)  # loss sum, samples, steps (this rank)
     start = time.perf_counter()
@@ -82,11 +79,8 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
         accuracy = evaluate(model, data.x_test, data.y_test, device)
         history.append(epoch_row(len(history) + 1, float(running[0] / running[1]), accuracy,
                                  float(running[1]), elapsed))
-        if ctx.rank == 0:
-            row = history[-1]
-            bar.update(1)
-            bar.write(f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  test accuracy "
-                      f"{100 * accuracy:6.2f}%  {row['samples_per_s']:8.0f} samples/s")
+        bar.update(1)
+        bar.epoch(history[-1])
         running.zero_()
         start = time.perf_counter()
         if reply.kind == "stop":

@@ -10,7 +10,6 @@ them, so the reported accuracy is that of the served model.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 import hpcdl
 import hpcdl.torch as hdt
 
-from ..common import Data, RunResult, SmallCNN, epoch_row, evaluate
+from ..common import Data, Progress, RunResult, SmallCNN, epoch_row, evaluate
 
 __all__ = ["add_arguments", "run", "PS_MODES"]
 
@@ -75,11 +74,8 @@ def _train(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device, d
     sampler = hdt.DistributedSampler(train, num_replicas=wc.size, rank=wc.rank, shuffle=True,
                                      seed=args.seed)
     loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, sampler=sampler)
-    from tqdm import tqdm
-
-    bar = tqdm(total=args.epochs * len(loader), disable=wc.rank != 0, unit="step",
-               file=sys.stderr, dynamic_ncols=True,
-               desc=f"{wc.size} worker(s), {len(ps.roles.servers)} server(s)")
+    bar = Progress(args.epochs * len(loader), wc.rank == 0,
+                   f"{wc.size} worker(s), {len(ps.roles.servers)} server(s)")
     history: list[dict[str, float]] = []
     for epoch in range(1, args.epochs + 1):
         sampler.set_epoch(epoch)
@@ -101,9 +97,6 @@ def _train(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device, d
         row = epoch_row(epoch, float(running[0] / running[1]), accuracy, float(running[1]),
                         elapsed)
         history.append(row)
-        if wc.rank == 0:
-            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{accuracy:.3f}")
-            bar.write(f"epoch {epoch:3d}  loss {row['loss']:.4f}  test accuracy "
-                      f"{100 * accuracy:6.2f}%  {row['samples_per_s']:8.0f} samples/s")
+        bar.epoch(row)
     bar.close()
     return history
