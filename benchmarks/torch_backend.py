@@ -30,6 +30,7 @@ from torch import nn
 
 import hpcdl
 import hpcdl.torch as hdt
+from train_throughput import make_step  # beside this file: one training step, both benchmarks
 
 MODES = ("ddp-hpcdl", "ddp-gloo", "hpcdl-opt")
 
@@ -44,16 +45,6 @@ def build(name: str) -> tuple[nn.Module, tuple[int, ...], int]:
         return nn.Sequential(nn.Flatten(), nn.Linear(1024, 4096), nn.ReLU(),
                              nn.Linear(4096, 2048), nn.ReLU(), nn.Linear(2048, 10)), (1024,), 10
     raise SystemExit(f"unknown model {name!r}; choose smallcnn or mlp10m")
-
-
-def step_fn(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    loss_fn = nn.CrossEntropyLoss()
-
-    def step() -> None:
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-    return step
 
 
 def timed(step: Callable[[], None], steps: int) -> float:
@@ -80,7 +71,7 @@ def run_model(name: str, args: argparse.Namespace, gloo: Any) -> dict[str, float
             model = nn.parallel.DistributedDataParallel(
                 model, process_group=gloo if mode == "ddp-gloo" else None)
             opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        steps[mode] = step_fn(model, opt, x, y)
+        steps[mode] = make_step(model, opt, x, y)
     for mode in MODES:
         timed(steps[mode], args.warmup)
     times: dict[str, list[float]] = {m: [] for m in MODES}
