@@ -147,6 +147,13 @@ class Monitor(threading.Thread):
             # A buffered send of a few hundred bytes: the asker has its receive posted.
             self.channel.Isend(data, asker, _TAG_ANSWER).Wait()
 
+    def _serve_for(self, seconds: float) -> None:
+        """Answer questions for ``seconds`` (instead of sleeping deaf to them)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self._serve()
+            time.sleep(0.02)
+
     def _ask_all(self, ranks: list[int]) -> dict[int, dict[str, Any]]:
         """Each rank's :meth:`state`, or nothing for those that do not answer in time."""
         for r in ranks:
@@ -180,7 +187,8 @@ class Monitor(threading.Thread):
         if self._lower_waiter(answers, ranks, seq, p2p):
             # A lower rank waits in the same operation and writes the same report: one
             # report per stall is easier to read. If it is gone before it aborts, ours follows.
-            time.sleep(ANSWER_S + 2 * self.interval)
+            # Meanwhile keep answering: that lower rank may be asking us right now.
+            self._serve_for(ANSWER_S + 2 * self.interval)
         missing = self._not_arrived(ranks, others, answers, seq, p2p, comm)
         what = (f"{op} (point-to-point call #{comm.wd_p2p if comm is not None else '?'}"
                 if p2p else f"{op} #{seq}")
