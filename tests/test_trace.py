@@ -141,6 +141,23 @@ def test_partial_last_line_is_dropped_but_garbage_is_an_error(tmp_path):
         merge(tmp_path / "missing")
 
 
+def test_batched_lines_expand_and_bad_rows_are_named(tmp_path):
+    # The recorder writes one JSON array of [name, lane, t, d, args] rows per flush.
+    meta = json.dumps({"meta": {"rank": 0, "size": 1, "host": "h", "pid": 1, "offset_ns": 0,
+                                "offset_error_ns": 0}})
+    batch = json.dumps([["a", "mpi", 1000, 10, {"bytes": 4}], ["b", "queue", 2000, 5, {}]])
+    (tmp_path / "rank0.jsonl").write_text(f"{meta}\n{batch}\n{batch[:20]}")
+    events = read_rank(tmp_path / "rank0.jsonl")[1]
+    assert [(e["name"], e["lane"], e["t"], e["d"], e["args"]) for e in events] == [
+        ("a", "mpi", 1000, 10, {"bytes": 4}), ("b", "queue", 2000, 5, {})]
+    (tmp_path / "rank0.jsonl").write_text(f"{meta}\n[[1, 2]]\n{batch}\n")
+    with pytest.raises(ValueError, match=r"rank0.jsonl:2: not a list of \[name"):
+        read_rank(tmp_path / "rank0.jsonl")
+    (tmp_path / "rank0.jsonl").write_text(f"{meta}\n7\n{batch}\n")
+    with pytest.raises(ValueError, match=r"rank0.jsonl:2: neither an event"):
+        read_rank(tmp_path / "rank0.jsonl")
+
+
 def test_trace_command_line(tmp_path, capsys):
     from hpcdl.trace.cli import main
 

@@ -20,14 +20,25 @@ def read_rank(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     meta = json.loads(lines[0]).get("meta")
     if not isinstance(meta, dict):
         raise ValueError(f"{path}:1: not an hpcdl trace (no 'meta' line)")
-    events = []
+    events: list[dict[str, Any]] = []
     for i, line in enumerate(lines[1:], start=2):
         try:
-            events.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
             if i == len(lines):
                 break  # a partial final line
             raise ValueError(f"{path}:{i}: not JSON") from None
+        if isinstance(row, dict):          # one event per line
+            events.append(row)
+        elif isinstance(row, list):        # one flush per line (recorder.py)
+            try:
+                events.extend({"name": n, "lane": lane, "t": t, "d": d, "args": a}
+                              for n, lane, t, d, a in row)
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{i}: not a list of [name, lane, t, d, args] "
+                                 "rows") from None
+        else:
+            raise ValueError(f"{path}:{i}: neither an event nor a list of events")
     return meta, events
 
 

@@ -20,6 +20,7 @@ FLUSH_EVENTS = 2048
 FLUSH_SECONDS = 1.0
 _PINGS = 8
 _TAG = 29_001   # below MPI's guaranteed tag bound (32767)
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))  # made once: str() what JSON lacks
 
 
 def clock_offset(comm: Any) -> tuple[int, int]:
@@ -80,9 +81,12 @@ class Recorder:
             self._last_flush = now()
             if self._file.closed:
                 return
-            for name, lane, t0, dur, args in events:
-                self._file.write(json.dumps({"name": name, "lane": lane, "t": t0, "d": dur,
-                                             "args": args}, default=str) + "\n")
+            if events:
+                # One line per flush, a JSON array of [name, lane, t, d, args] rows, encoded
+                # in one C call: a dict and a json.dumps per event cost ~8 us each (most of
+                # tracing's cost), the batch ~1 us per event. A rank killed mid-write leaves
+                # a cut last line, which merge drops: everything up to the last flush stays.
+                self._file.write(_ENCODER.encode(events) + "\n")
             self._file.flush()
 
     def close(self) -> None:
