@@ -2,6 +2,7 @@
 
     DIR/step-00000120/shared.pt        replicated state (written by rank 0)
     DIR/step-00000120/rank-00003.pt    one per rank (RNG states, per-rank residuals)
+    DIR/step-00000120/sharded/         optional: sharded state through torch.distributed.checkpoint
     DIR/step-00000120/manifest.json    sha256 and size of every file, rank count, step
     DIR/latest                         the name of the newest complete checkpoint
 
@@ -12,6 +13,11 @@ leaves the previous checkpoint and pointer intact. Loading (collective): rank 0
 checks the candidates newest first (``latest``, then every ``step-*`` folder),
 reports every corrupt or incomplete one on stderr and picks the first whose
 files all match the manifest; all ranks then read that one.
+
+Sharded state (``save(..., sharded=)``: an FSDP2 model's ``state_dict()``, DTensors)
+goes through DCP (sharded.py) into ``sharded/`` inside the same temporary folder,
+so it is covered by the same manifest, checksums and atomic rename; ``load(sharded=)``
+fills it in place and reshards when the rank count changed.
 """
 
 from __future__ import annotations
@@ -30,6 +36,13 @@ from .files import atomic_write, fsync_dir, load_torch, sha256_bytes, sha256_fil
 __all__ = ["CheckpointManager", "CheckpointError", "Loaded"]
 
 FORMAT = 1
+SHARDED = "sharded"   # the DCP part's folder inside a checkpoint
+
+
+def _world_size() -> int:
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.Get_size()
 
 
 class CheckpointError(HpcdlError):
@@ -70,9 +83,11 @@ class CheckpointManager:
         self.saves = 0
 
     # -- saving ------------------------------------------------------------------------
-    def save(self, step: int, shared: Any, local: Any = None) -> Path:
+    def save(self, step: int, shared: Any, local: Any = None,
+             sharded: dict[str, Any] | None = None) -> Path:
         """Collective: write checkpoint ``step``. ``shared`` matters on rank 0 only (it is
-        the replicated state); ``local`` is this rank's own. Returns the folder."""
+        the replicated state); ``local`` is this rank's own; ``sharded`` (given on every
+        rank or on none) is state split across ranks, saved through DCP. Returns the folder."""
         start = time.perf_counter()
         c, rank = self.comm, self.comm.rank
         final = self.directory / _name(step)
@@ -95,14 +110,26 @@ class CheckpointManager:
                 files[fname] = {"sha256": sha256_bytes(data), "bytes": len(data)}
         except OSError as exc:
             error = f"rank {rank} could not write into {tmp}: {exc}"
-        everyone = c.allgather_object((files, error))
-        errors = [e for _, e in everyone if e]
+        everyone = c.allgather_object((files, error, sharded is not None))
+        errors = [e for _, e, _ in everyone if e]
         self._agree(errors[0] if errors else None, "save")
+        with_sharded = self._agree_sharded([s for _, _, s in everyone], "save")
+        if with_sharded:
+            self._check_world("save")
+            from .sharded import save_sharded  # DCP is imported only when used
+
+            save_sharded(sharded, tmp / SHARDED)   # collective; ends when all have written
         if rank == 0:
             try:
+                if with_sharded:
+                    files = {f"{SHARDED}/{p.name}": {"sha256": sha256_file(p),
+                                                     "bytes": p.stat().st_size}
+                             for p in sorted((tmp / SHARDED).iterdir()) if p.is_file()}
+                else:
+                    files = {}
+                files.update({k: v for f, _, _ in everyone for k, v in f.items()})
                 manifest = {"format": FORMAT, "step": int(step), "size": c.size,
-                            "time": time.time(), "files": {k: v for f, _ in everyone
-                                                           for k, v in f.items()}}
+                            "time": time.time(), "sharded": with_sharded, "files": files}
                 atomic_write(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
                 if final.exists():
                     shutil.rmtree(final)
@@ -116,6 +143,20 @@ class CheckpointManager:
         self.save_seconds += time.perf_counter() - start
         self.saves += 1
         return final
+
+    def _agree_sharded(self, given: list[bool], op: str) -> bool:
+        if len(set(given)) > 1:
+            which = ", ".join(str(r) for r, g in enumerate(given) if g)
+            self._agree(f"sharded= given on rank(s) {which} only: pass it on every rank or on "
+                        "none (DCP is collective)", op)
+        return bool(given[0])
+
+    def _check_world(self, op: str) -> None:
+        """DCP runs over torch.distributed's default group, which spans COMM_WORLD."""
+        if self.comm.size != _world_size():
+            self._agree(f"sharded state needs a manager over every rank (this one spans "
+                        f"{self.comm.size} of {_world_size()}): DCP runs over the default "
+                        "process group", op)
 
     def _agree(self, error: str | None, op: str) -> None:
         if error:
@@ -158,6 +199,10 @@ class CheckpointManager:
             found = manifest.get("format") if isinstance(manifest, dict) else "?"
             raise bad(f"manifest format {found}, expected {FORMAT}")
         expected = {"shared.pt", *(_rank_file(r) for r in range(int(manifest["size"])))}
+        if manifest.get("sharded"):
+            expected |= {f for f in manifest["files"] if f.startswith(SHARDED + "/")}
+            if f"{SHARDED}/.metadata" not in expected:
+                raise bad(f"manifest lists no {SHARDED}/.metadata (DCP's index)")
         if set(manifest["files"]) != expected:
             raise bad(f"manifest lists {sorted(manifest['files'])}, expected {sorted(expected)}")
         for fname, meta in manifest["files"].items():
@@ -181,12 +226,14 @@ class CheckpointManager:
                 sys.stderr.flush()
         return None
 
-    def load(self) -> Loaded | None:
+    def load(self, sharded: dict[str, Any] | None = None) -> Loaded | None:
         """Collective: the newest good checkpoint, or ``None`` when there is none.
 
         Every rank reads ``shared.pt``; rank ``r`` also reads ``rank-r.pt`` when the
         checkpoint was written by as many ranks as run now (else ``local`` is None:
-        per-rank state does not carry over to another rank count).
+        per-rank state does not carry over to another rank count). ``sharded`` (on every
+        rank or none) is filled in place from the checkpoint's DCP part, resharded to
+        this rank count.
         """
         c = self.comm
         choice = None
@@ -205,6 +252,15 @@ class CheckpointManager:
             loaded = Loaded(shared=shared, local=local, manifest=manifest, folder=str(folder))
         except Exception as exc:  # noqa: BLE001 - any reader failure is reported collectively
             error = f"rank {c.rank} could not read {folder}: {exc}"
-        errors = [e for e in c.allgather_object(error) if e]
+        everyone = c.allgather_object((error, sharded is not None))
+        errors = [e for e, _ in everyone if e]
         self._agree(errors[0] if errors else None, "load")
+        if self._agree_sharded([g for _, g in everyone], "load"):
+            if not manifest.get("sharded"):
+                self._agree(f"{folder} holds no sharded state, but load(sharded=) asks for it",
+                            "load")
+            self._check_world("load")
+            from .sharded import load_sharded
+
+            load_sharded(sharded, folder / SHARDED)   # collective
         return loaded
