@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,8 @@ def job_env(**extra: str) -> dict[str, str]:
     training, 2 epochs; root may run Open MPI's mpirun here (CI runs as root)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OMPI_", "PMIX_", "PRTE_", "SLURM_")) or k == "SLURM_CONF"}
-    env.update(VENV=str(VENV), TRAIN_ARGS="--device cpu", EPOCHS="2",
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", **extra)
+    env.update({"VENV": str(VENV), "TRAIN_ARGS": "--device cpu", "EPOCHS": "2",
+                "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", **extra})
     return env
 
 
@@ -75,8 +76,8 @@ def test_srun_without_pmi_warns_on_every_task() -> None:
     assert "--mpi=pmix" in p.stderr
 
 
-# One entry per job script: (script, nodes, tasks per node). The requeue job of the
-# fault-tolerance issue joins this table: it needs only a check of its own output.
+# One entry per job script: (script, nodes, tasks per node). The requeue job has its own
+# test below (it is signalled mid-run and must come back).
 JOBS = [("slurm_single_node.sbatch", 1, 2),
         ("slurm_multi_node.sbatch", 2, 2),
         ("slurm_mpirun.sbatch", 2, 2)]
@@ -103,3 +104,60 @@ def test_job_script_under_sbatch(script: str, nodes: int, per_node: int, tmp_pat
     assert f"{ranks} rank(s), mode allreduce" in out, out
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["ranks"] == ranks and len(metrics["epochs"]) == 2, metrics
+
+
+def _job_state(job: str) -> tuple[str, int]:
+    """(JobState, Restarts) from ``scontrol show job``; ("GONE", 0) once Slurm forgot it."""
+    p = run(["scontrol", "show", "job", job], 30)
+    state = re.search(r"JobState=(\S+)", p.stdout)
+    restarts = re.search(r"Restarts=(\d+)", p.stdout)
+    return (state.group(1) if state else "GONE", int(restarts.group(1)) if restarts else 0)
+
+
+def _wait_for(what: str, check, timeout: float, log: Path) -> None:
+    """Poll ``check()`` every second until true; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            out = log.read_text(errors="replace") if log.exists() else "(no job output)"
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{out[-4000:]}")
+        time.sleep(1)
+
+
+def test_requeue_job_checkpoints_on_usr1_and_resumes(tmp_path: Path) -> None:
+    # What SLURM does 60 s before the time limit (--signal=B:USR1@60), sent by hand so the
+    # test does not wait for a limit: USR1 to the batch shell, which passes it to the
+    # ranks; they checkpoint and exit, the script requeues the job, and run 2 resumes.
+    log, out = tmp_path / "job.out", tmp_path / "run"
+    p = run(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
+             "--gpus-per-node=0", "--time=10", f"--output={log}", "jobs/slurm_requeue.sbatch"],
+            60, env=job_env(OUT=str(out), EPOCHS="1", CKPT_EVERY="5", NTASKS="2",
+                            DEVICE="cpu"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    job = p.stdout.strip().split(";")[0]
+    start = time.monotonic()
+    try:
+        # Signal once the first checkpoint is complete ("latest" moves last).
+        _wait_for("the first checkpoint", lambda: (out / "ckpt" / "latest").exists(), 300, log)
+        print(f"first checkpoint after {time.monotonic() - start:.0f} s; sending USR1")
+        sig = run(["scancel", "--batch", "--signal=USR1", job], 30)
+        assert sig.returncode == 0, sig.stdout + sig.stderr
+        _wait_for("the requeue", lambda: _job_state(job)[1] >= 1, 300, log)
+        print(f"requeued after {time.monotonic() - start:.0f} s")
+        # Slurm holds a requeued job ~2 minutes (BeginTime); a test need not wait for it.
+        run(["scontrol", "update", f"JobId={job}", "StartTime=now"], 30)
+        _wait_for("the requeued run to finish",
+                  lambda: _job_state(job) in {("COMPLETED", 1), ("GONE", 0)}
+                  or _job_state(job)[0] in {"FAILED", "CANCELLED", "TIMEOUT"}, 400, log)
+        print(f"finished after {time.monotonic() - start:.0f} s")
+    finally:
+        run(["scancel", job], 30)    # whatever happened: no job left behind
+    text = log.read_text(errors="replace")
+    print(text)
+    assert _job_state(job)[0] in {"COMPLETED", "GONE"}, (_job_state(job), text[-4000:])
+    assert "USR1: asking the ranks to checkpoint" in text, text[-4000:]
+    assert f"requeueing job {job}" in text and f"run 2 of job {job}" in text, text[-4000:]
+    assert re.search(r"resumed from .*step-\d+ \(step [1-9]\d*", text), text[-4000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ranks"] == 2 and len(metrics["epochs"]) == 1, metrics
+    assert metrics["checkpoint"]["resumed_from_step"] > 0, metrics
