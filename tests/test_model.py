@@ -22,7 +22,8 @@ TRUE = {"native": Params(3e-6, 2.0e-10, 1.5e-10), "chunked": Params(12e-6, 1.2e-
 SIZES = [4 ** k for k in range(1, 14)]
 
 
-def synthetic(noise: float = 0.0, cores: int = 2, seed: int = 0) -> dict:
+def synthetic(noise: float = 0.0, cores: int = 2, seed: int = 0,
+              oversub_alpha: float = 0.0) -> dict:
     rng = np.random.default_rng(seed)
     runs = {}
     for p in (2, 3, 4):
@@ -32,7 +33,8 @@ def synthetic(noise: float = 0.0, cores: int = 2, seed: int = 0) -> dict:
             rows = []
             for n in SIZES:
                 a, b, c = coefficients(name, p, n)
-                t = a * prm.alpha + s * (b * prm.beta + c * prm.gamma)
+                t = a * (prm.alpha + (s - 1) * oversub_alpha) + s * (b * prm.beta
+                                                                    + c * prm.gamma)
                 rows.append([n, t * (1 + noise * rng.standard_normal())])
             allreduce[name] = rows
         runs[str(p)] = {"ranks": p, "ranks_per_node": p, "cores": cores, "mpi": "synthetic",
@@ -95,6 +97,19 @@ def test_fit_recovers_known_parameters(cores):
         assert f.algorithms[name].gamma == pytest.approx(prm.gamma, rel=1e-6), name
         assert f.algorithms[name].alpha == pytest.approx(prm.alpha, rel=1e-4), name
     assert all(abs(r["error"]) < 1e-6 for r in compare(synthetic(cores=cores), f))
+
+
+def test_fit_recovers_the_oversubscription_latency():
+    # 1 core: s = 2, 3, 4 at 2, 3, 4 ranks; each message waits 20 us per extra rank per core.
+    data = synthetic(cores=1, oversub_alpha=20e-6)
+    f = fit(data, min_bytes=1)
+    for name, prm in TRUE.items():
+        got = f.algorithms[name]
+        assert got.alpha_oversub == pytest.approx(20e-6, rel=1e-4), name
+        assert got.alpha == pytest.approx(prm.alpha, rel=1e-3), name
+    assert max(abs(r["error"]) for r in compare(data, f)) < 1e-6
+    # Without oversubscription the column is all zeros and the term stays 0.
+    assert all(p.alpha_oversub == 0 for p in fit(synthetic(cores=8)).algorithms.values())
 
 
 def test_fit_with_noise_stays_within_the_noise():

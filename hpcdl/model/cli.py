@@ -84,15 +84,17 @@ def report(args: argparse.Namespace) -> int:
           f"({1 / t.beta / 1e9 if t.beta else float('inf'):.2f} GB/s); "
           f"gamma {t.gamma * 1e9:.4f} ns/B")
     print(f"\nfitted per algorithm (sizes >= {_human(args.fit_from)}; 'cached' applies up to "
-          "the split size, the other column above it)")
-    print(f"{'algorithm':>12} {'alpha(us)':>10} {'split':>9} {'beta cached':>12} "
+          "the split size, the other column above it; '+oversub' is the latency added per\n"
+          "message per unit of oversubscription, ranks per core - 1)")
+    print(f"{'algorithm':>12} {'alpha(us)':>10} {'+oversub':>9} {'split':>9} {'beta cached':>12} "
           f"{'beta(ns/B)':>11} {'GB/s':>7} {'gamma cached':>13} {'gamma(ns/B)':>12}")
     for name, prm in f.algorithms.items():
         bw = 1 / prm.beta / 1e9 if prm.beta else float("inf")
         split = _human(prm.cache_bytes) if prm.beta_cached is not None else "-"
         bc = f"{prm.beta_cached * 1e9:.4f}" if prm.beta_cached is not None else "-"
         gc = f"{prm.gamma_cached * 1e9:.4f}" if prm.gamma_cached is not None else "-"
-        print(f"{name:>12} {prm.alpha * 1e6:10.2f} {split:>9} {bc:>12} {prm.beta * 1e9:11.4f} "
+        print(f"{name:>12} {prm.alpha * 1e6:10.2f} {prm.alpha_oversub * 1e6:9.2f} {split:>9} "
+              f"{bc:>12} {prm.beta * 1e9:11.4f} "
               f"{bw:7.2f} {gc:>13} {prm.gamma * 1e9:12.4f}")
     rows = compare(data, f)
     print(f"\nmodel vs measured (error = predicted / measured - 1; judged from "

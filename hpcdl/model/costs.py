@@ -67,6 +67,10 @@ class Params:
     beta_cached: float | None = None
     gamma_cached: float | None = None
     cache_bytes: float = 0.0
+    #: Extra seconds per message per unit of oversubscription (ranks per core - 1): with
+    #: more busy-polling ranks than cores, a message waits for its receiver to be
+    #: scheduled. 0 on a node with a core per rank, the case projected to clusters.
+    alpha_oversub: float = 0.0
 
     def beta_at(self, n: float) -> float:
         return self.beta_cached if self.beta_cached is not None and n <= self.cache_bytes \

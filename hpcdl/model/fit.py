@@ -18,8 +18,11 @@ the split with the smallest worst relative error is kept.
 
 When a run has more ranks on a node than the node has cores (a laptop or CI
 box), every rank gets ``cores / ranks`` of a core: the bandwidth and
-reduction terms stretch by ``ranks / cores``. The fit and the predictions
-apply that factor, so the parameters describe one rank per core, the case
+reduction terms stretch by ``s = ranks / cores``, and every message on the
+critical path also waits for its busy-polling receiver to get a core, which
+the fit charges as ``alpha_oversub`` per message per unit of ``s - 1`` (one more
+column; zero without oversubscription). The fit and the predictions apply both,
+so ``alpha``, ``beta`` and ``gamma`` describe one rank per core, the case
 projected to clusters.
 """
 
@@ -107,16 +110,16 @@ def _fit_split(name: str, rows: list[tuple[dict, float, float]],
         s = oversubscription(run)
         cached = split is not None and n <= split
         gamma = g_cached if cached and g_cached is not None else g
-        cols = [a / t, s * b / t] if split is None else \
-            [a / t, s * b / t if cached else 0.0, 0.0 if cached else s * b / t]
+        cols = [a / t, a * (s - 1) / t, s * b / t] if split is None else \
+            [a / t, a * (s - 1) / t, s * b / t if cached else 0.0, 0.0 if cached else s * b / t]
         a_rows.append(cols)
         target.append(1.0 - s * c * gamma / t)
     x = nnls(np.array(a_rows), np.array(target))
     if split is None:
-        prm = Params(float(x[0]), float(x[1]), g)
+        prm = Params(float(x[0]), float(x[2]), g, alpha_oversub=float(x[1]))
     else:
-        prm = Params(float(x[0]), float(x[2]), g, beta_cached=float(x[1]),
-                     gamma_cached=g_cached, cache_bytes=split)
+        prm = Params(float(x[0]), float(x[3]), g, beta_cached=float(x[2]),
+                     gamma_cached=g_cached, cache_bytes=split, alpha_oversub=float(x[1]))
     worst = max(abs(_predict(prm, name, run, n) / t - 1) for run, n, t in rows)
     return prm, worst
 
@@ -145,7 +148,9 @@ def fit(data: dict[str, Any], min_bytes: int = 1 << 16) -> Fit:
 
 def _predict(prm: Params, name: str, run: dict[str, Any], n: float) -> float:
     a, b, c = coefficients(name, int(run["ranks"]), n)
-    return a * prm.alpha + oversubscription(run) * (b * prm.beta_at(n) + c * prm.gamma_at(n))
+    s = oversubscription(run)
+    return a * (prm.alpha + (s - 1) * prm.alpha_oversub) + s * (b * prm.beta_at(n)
+                                                                 + c * prm.gamma_at(n))
 
 
 def predict(f: Fit, name: str, run: dict[str, Any], n: float) -> float:
