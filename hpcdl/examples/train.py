@@ -51,6 +51,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    mode = load_mode(args.mode)
+    if (args.checkpoint_dir or args.resume) and not getattr(mode, "CHECKPOINTS", False):
+        # Refused, not ignored: a job that believes it is checkpointed and is not loses
+        # everything when it is killed. (Every rank parses the same flags: all exit.)
+        raise SystemExit(f"--checkpoint-dir/--resume: --mode {args.mode} does not checkpoint "
+                         "yet (its parameter-server, P-Reduce or pipeline state is not saved); "
+                         "modes that do: " + ", ".join(
+                             n for n in MODES if getattr(load_mode(n), "CHECKPOINTS", False)))
     ctx = hpcdl.init()
     threads = set_threads(ctx.local_size, args.threads)
     device = pick_device(args.device, ctx)
@@ -60,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # core is longer than an epoch.
     data = hdt.broadcast_object(load_data(args.seed) if ctx.rank == 0 else None)
 
-    result = load_mode(args.mode).run(args, ctx, device, data)
+    result = mode.run(args, ctx, device, data)
     metrics = {"test_accuracy": result.test_accuracy,
                "ranks": ctx.size,
                "mode": args.mode,

@@ -15,7 +15,9 @@ import hpcdl.torch as hdt
 from .. import checkpointing
 from ..common import Data, Progress, RunResult, SmallCNN, epoch_row, evaluate, make_compression
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["CHECKPOINTS", "add_arguments", "run"]
+
+CHECKPOINTS = True  # --checkpoint-dir/--resume are honoured (checkpointing.py)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
