@@ -373,6 +373,12 @@ def test_rejects_bad_arguments(ctx):
                     ({"fusion_threshold_mb": -1}, "fusion_threshold_mb")]:
         with pytest.raises(InvalidArgumentError, match=msg):
             DistributedOptimizer(sgd, **kw)
+    wrapped = DistributedOptimizer(sgd)
+    with pytest.raises(InvalidArgumentError, match="already a DistributedOptimizer"):
+        DistributedOptimizer(wrapped)
+    with pytest.raises(InvalidArgumentError, match=r"step\(closure\) is not supported"):
+        wrapped.step(lambda: 0.0)
+    wrapped.remove_hooks()
 
 
 def test_passthrough(ctx):

@@ -24,11 +24,10 @@ torch.optim.Optimizer)`` take ``opt.optimizer`` (same ``param_groups``).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import threading
 import weakref
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 
@@ -40,6 +39,7 @@ from ..errors import InvalidArgumentError, MismatchError
 from ..ops import ReduceOp, parse_op
 from ..runtime import default_comm
 from .buckets import Bucket, build_buckets, layout_signature, pack, unpack
+from .wrapped import WrappedOptimizer
 
 __all__ = ["DistributedOptimizer", "DEFAULT_FUSION_MB"]
 
@@ -105,7 +105,7 @@ def _first_difference(ref: list, mine: list) -> str:
     return f"{len(flat_mine)} parameters where rank 0 has {len(flat_ref)}"
 
 
-class DistributedOptimizer:
+class DistributedOptimizer(WrappedOptimizer):
     """Average gradients across ranks, overlapping communication with the backward pass.
 
     Args:
@@ -132,9 +132,10 @@ class DistributedOptimizer:
                  op: "str | ReduceOp" = "avg", comm: Communicator | None = None) -> None:
         self.comm = default_comm(comm)
         rank = self.comm.rank
-        if isinstance(optimizer, DistributedOptimizer):
-            raise InvalidArgumentError("optimizer is already a DistributedOptimizer",
-                                       rank=rank, op="DistributedOptimizer")
+        if isinstance(optimizer, WrappedOptimizer):
+            raise InvalidArgumentError(f"optimizer is already a {type(optimizer).__name__}: "
+                                       "wrap the torch optimizer once", rank=rank,
+                                       op="DistributedOptimizer")
         self.op = parse_op(op, rank=rank, op_name="DistributedOptimizer")
         if self.op not in (ReduceOp.AVG, ReduceOp.SUM):
             raise InvalidArgumentError(f"op={self.op.value!r}: gradients are reduced with "
@@ -153,7 +154,7 @@ class DistributedOptimizer:
         bind = getattr(compression, "bind", None)
         if callable(bind):  # a collective compressor must run on the optimizer's comm
             bind(self.comm)
-        self.optimizer = optimizer
+        super().__init__(optimizer, self.comm, "DistributedOptimizer")
         self.compression = compression
         # hpcdl's FP16Compressor keys its error-feedback residual by name when given one.
         self._named_compress = compression is not None and "name" in inspect.signature(
@@ -168,36 +169,13 @@ class DistributedOptimizer:
         self._counts: dict[int, int] = {id(p): 0 for _, p in named}
         self._next = 0                  # index of the next bucket to launch
         self._lock = threading.Lock()   # hooks may run on autograd's device threads
-        self._synchronized = False
-        self._skip = False
         signature = (layout_signature(self._buckets), self.op.value,
                      self.backward_passes_per_step, type(compression).__name__, str(algorithm))
         _check_layout(self.comm, signature)
         me = weakref.ref(self)
         self._hooks = [p.register_post_accumulate_grad_hook(_hook(me, id(p))) for _, p in named]
 
-    # -- what torch code expects of an optimizer ---------------------------------------
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    @property
-    def state(self) -> Any:
-        return self.optimizer.state
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return self.optimizer.defaults
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state_dict)
-
+    # -- what torch code expects of an optimizer (the rest: WrappedOptimizer) -----------
     def add_param_group(self, group: dict[str, Any]) -> None:
         raise InvalidArgumentError("the bucket layout is fixed at construction; add the "
                                    "group to the torch optimizer before wrapping it",
@@ -300,27 +278,6 @@ class DistributedOptimizer:
                     self._counts[k] = 0
                 self._next = 0
             self._synchronized = True
-
-    @contextlib.contextmanager
-    def skip_synchronize(self) -> Iterator[None]:
-        """Inside this block ``step()`` uses ``.grad`` as it is (after a manual ``synchronize()``)."""
-        self._skip = True
-        try:
-            yield
-        finally:
-            self._skip = False
-
-    def step(self, closure: Any = None) -> Any:
-        """Average the gradients (unless already done / skipped), then step the optimizer."""
-        if closure is not None:
-            raise InvalidArgumentError("step(closure) is not supported: the closure's backward "
-                                       "would need its own reduction; call backward, then "
-                                       "step()", rank=self.comm.rank, op="DistributedOptimizer")
-        if not self._skip:
-            self.synchronize()
-        result = self.optimizer.step()
-        self._synchronized = False
-        return result
 
     def remove_hooks(self) -> None:
         """Detach from the parameters (the wrapper stops reducing)."""

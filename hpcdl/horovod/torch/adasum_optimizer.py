@@ -10,26 +10,25 @@ backward), per tensor, as Horovod's layer-wise Adasum does.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 
 from ...collectives.handle import drain
 from ...errors import InvalidArgumentError
+from ...torch.wrapped import WrappedOptimizer
 from .adasum import adasum_
 
 __all__ = ["AdasumOptimizer"]
 
 
-class AdasumOptimizer:
+class AdasumOptimizer(WrappedOptimizer):
     """Wraps a torch optimizer; ``step()`` replaces each ``.grad`` by its Adasum over ranks."""
 
     def __init__(self, optimizer: torch.optim.Optimizer,
                  named_parameters: Iterable[tuple[str, torch.Tensor]] | None, compression: Any,
                  backward_passes_per_step: int, comm: Any) -> None:
-        self.optimizer = optimizer
-        self.comm = comm
+        super().__init__(optimizer, comm, "DistributedOptimizer(op=Adasum)")
         self.backward_passes_per_step = backward_passes_per_step
         params = [p for g in optimizer.param_groups for p in g["params"]]
         if named_parameters is not None:
@@ -39,25 +38,6 @@ class AdasumOptimizer:
                                            "model parameters were not named", rank=comm.rank,
                                            op="DistributedOptimizer")
         self._params = [p for p in params if p.requires_grad]
-        self._synchronized = False
-        self._skip = False
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    @property
-    def state(self) -> Any:
-        return self.optimizer.state
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state_dict)
 
     def synchronize(self) -> None:
         """Adasum every gradient over the ranks (a missing gradient counts as zeros)."""
@@ -72,18 +52,3 @@ class AdasumOptimizer:
             if grad is not p.grad:
                 p.grad.copy_(grad)
         self._synchronized = True
-
-    @contextlib.contextmanager
-    def skip_synchronize(self) -> Iterator[None]:
-        self._skip = True
-        try:
-            yield
-        finally:
-            self._skip = False
-
-    def step(self, closure: Any = None) -> Any:
-        if not self._skip:
-            self.synchronize()
-        result = self.optimizer.step(closure)
-        self._synchronized = False
-        return result
