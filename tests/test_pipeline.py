@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-import hpcdl
 import hpcdl.pipeline as hp
 from hpcdl.errors import InvalidArgumentError
 
