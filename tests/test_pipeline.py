@@ -177,6 +177,43 @@ def test_gradients_equal_the_unpipelined_model(ctx, schedule, m):
             assert loss is None
 
 
+class _StridedFn(torch.autograd.Function):
+    """Identity whose output and input gradient are strided (column-major) tensors."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001 - autograd's signature
+        return x.t().contiguous().t()
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001
+        return g.t().contiguous().t()
+
+
+class Strided(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _StridedFn.apply(x)
+
+
+def test_strided_activations_and_gradients_cross_stages(ctx):
+    # The "hpcdl" backend sends strided tensors as they are (no contiguous() hook):
+    # every stage's output and input gradient here are column-major.
+    grid = hp.Grid(stages=ctx.size)
+    model = make_model()
+    ref = copy.deepcopy(model)
+    part = my_part(model, grid)
+    staged = nn.Sequential(Strided(), *part, Strided())
+    x, y = batch(1, 8)
+    assert not staged(torch.randn(4, 12 if grid.stage else 6)).is_contiguous()
+    pipe = hp.Pipeline(staged, grid, 2, nn.functional.cross_entropy, schedule="gpipe")
+    loss = pipe.step(x, y)
+    nn.functional.cross_entropy(ref(x), y).backward()
+    names = names_of(model)
+    for p in part.parameters():
+        torch.testing.assert_close(p.grad, ref.get_parameter(names[id(p)]).grad, **TOL)
+    if grid.is_last:
+        assert loss == pytest.approx(float(nn.functional.cross_entropy(ref(x), y)), rel=1e-5)
+
+
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 def test_k_steps_equal_single_process_training(ctx, schedule):
     steps, m = 3, 4
