@@ -13,19 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-import hpcdl
 import hpcdl.pipeline as hp
 from hpcdl.errors import InvalidArgumentError
 
-# Known failure at 4 ranks (issue 11, open): with S = 4 the interleaved schedule cuts the
-# test model into 8 parts and a rank whose parts hold no parameters fails to build its
-# optimizer while the others go on into the next collective, which then hangs; the
-# 2 x 2 grid after it was seen hanging in torch's P2P warm-up. 2 and 3 ranks pass, and
-# the main job's S = 2 x D = 2 run at 4 ranks is tested in test_pipeline_jobs.py.
-pytestmark = pytest.mark.skipif(hpcdl.init().size == 4, reason="test_pipeline.py fails "
-                                "at 4 ranks (interleaved stage without parameters; issue 11)")
-
-LAYERS = 10  # enough for 2 virtual stages per rank at 4 ranks
+# 8 layers with parameters (and 8 Tanh): one for each of the 2 virtual stages per rank
+# at 4 ranks (a stage of activations only is refused, see the test near the end).
+LAYERS = 16
 TOL = dict(rtol=1e-5, atol=1e-6)
 
 
@@ -71,6 +64,22 @@ def test_partition_minimises_the_slowest_stage():
     assert worst == 8.0  # [5,2] [7,1] [1,4,3]: no 3-way cut does better
     with pytest.raises(InvalidArgumentError, match="non-empty"):
         hp.partition([1, 2], 3)
+
+
+def test_every_stage_gets_a_layer_with_parameters_when_it_can():
+    # [L T L T ...]: the cheapest max-cost cut alone would give some stages a lone Tanh.
+    layers = list(make_model().children())
+    for stages in range(2, LAYERS // 2 + 1):
+        for balance in ("params", "time"):
+            parts = hp.split_sequential(layers, stages, balance=balance,
+                                        example=torch.randn(3, 6))
+            assert all(any(True for _ in p.parameters()) for p in parts), (stages, balance)
+    # fewer layers with parameters than stages: some stage must go without
+    parts = hp.split_sequential(layers, LAYERS // 2 + 1)
+    assert sum(1 for p in parts if not list(p.parameters())) == 1
+    assert hp.partition([1, 1, 1, 1], 2, anchors=[True, True, False, False]) == [0, 1, 4]
+    with pytest.raises(InvalidArgumentError, match="anchors"):
+        hp.partition([1, 1], 2, anchors=[True])
 
 
 def test_split_by_params_time_and_points():
@@ -168,6 +177,43 @@ def test_gradients_equal_the_unpipelined_model(ctx, schedule, m):
             assert loss is None
 
 
+class _StridedFn(torch.autograd.Function):
+    """Identity whose output and input gradient are strided (column-major) tensors."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001 - autograd's signature
+        return x.t().contiguous().t()
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001
+        return g.t().contiguous().t()
+
+
+class Strided(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _StridedFn.apply(x)
+
+
+def test_strided_activations_and_gradients_cross_stages(ctx):
+    # The "hpcdl" backend sends strided tensors as they are (no contiguous() hook):
+    # every stage's output and input gradient here are column-major.
+    grid = hp.Grid(stages=ctx.size)
+    model = make_model()
+    ref = copy.deepcopy(model)
+    part = my_part(model, grid)
+    staged = nn.Sequential(Strided(), *part, Strided())
+    x, y = batch(1, 8)
+    assert not staged(torch.randn(4, 12 if grid.stage else 6)).is_contiguous()
+    pipe = hp.Pipeline(staged, grid, 2, nn.functional.cross_entropy, schedule="gpipe")
+    loss = pipe.step(x, y)
+    nn.functional.cross_entropy(ref(x), y).backward()
+    names = names_of(model)
+    for p in part.parameters():
+        torch.testing.assert_close(p.grad, ref.get_parameter(names[id(p)]).grad, **TOL)
+    if grid.is_last:
+        assert loss == pytest.approx(float(nn.functional.cross_entropy(ref(x), y)), rel=1e-5)
+
+
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 def test_k_steps_equal_single_process_training(ctx, schedule):
     steps, m = 3, 4
@@ -229,6 +275,21 @@ def test_1f1b_stores_at_most_s_microbatches(ctx):
 
 
 # -- bad input ----------------------------------------------------------------------------
+@pytest.mark.mpi(min_size=2)
+def test_a_rank_without_parameters_is_refused_on_every_rank(ctx):
+    # One Linear, then activations: stages 1.. hold no parameters. Rank 0 alone would
+    # go on into the schedule; instead every rank raises, naming the first such rank.
+    grid = hp.Grid(stages=ctx.size)
+    model = nn.Sequential(nn.Linear(6, 5), *[nn.Tanh() for _ in range(ctx.size - 1)])
+    part = hp.split_sequential(model, ctx.size)[grid.stage]
+    want = (f"rank {ctx.rank}.*stage {ctx.rank} holds no parameters.*Tanh" if ctx.rank else
+            "rank 0.*rank 1 .*refused the setup.*stage 1 holds no parameters.*Tanh")
+    with pytest.raises(InvalidArgumentError, match=want):
+        hp.Pipeline(part, grid, 2, nn.functional.cross_entropy, schedule="gpipe")
+    # Still in step: a working pipeline right after.
+    test_predict_equals_the_model_and_pads_odd_batches(ctx)
+
+
 def test_batch_not_divisible_by_m_is_a_clear_error(ctx):
     grid = hp.Grid(stages=ctx.size)
     pipe = hp.Pipeline(my_part(make_model(), grid), grid, 4, nn.functional.cross_entropy,

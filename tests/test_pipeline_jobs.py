@@ -26,34 +26,44 @@ def clean_env() -> dict[str, str]:
 
 
 FAILING = textwrap.dedent("""
+    import sys
     import torch
     from torch import nn
     import hpcdl, hpcdl.pipeline as hp
 
-    class Broken(nn.Module):
+    class Broken(nn.Linear):  # the same parameters as its replica's Linear
         def forward(self, x):
             raise ValueError("stage module exploded")
 
+    stages, failing = int(sys.argv[1]), int(sys.argv[2])
     ctx = hpcdl.init()
-    grid = hp.Grid(stages=ctx.size)
-    mod = Broken() if grid.stage == 1 else nn.Linear(4, 4)
+    grid = hp.Grid(stages=stages)
+    mod = Broken(4, 4) if ctx.rank == failing else nn.Linear(4, 4)
     pipe = hp.Pipeline(mod, grid, 3, nn.functional.mse_loss, schedule="1f1b")
+    opt = pipe.distributed_optimizer(torch.optim.SGD(mod.parameters(), lr=0.1))
     pipe.step(torch.randn(6, 4), torch.randn(6, 4))
+    opt.step()  # D > 1: the average over the replicas waits for the failed one's peers
     print("NOT REACHED", flush=True)
 """)
 
 
+# 3 ranks: a middle stage of one pipeline. 4 ranks, S = 2 x D = 2: the last stage of
+# the second replica, while the first replica's ranks would go on to the gradient average.
 @pytest.mark.spawns
-def test_a_failing_stage_ends_the_job_naming_its_rank(tmp_path):
+@pytest.mark.parametrize("ranks,stages,failing,replica", [(3, 3, 1, 0), (4, 2, 3, 1)])
+def test_a_failing_stage_ends_the_job_naming_its_rank(tmp_path, ranks, stages, failing,
+                                                        replica):
     script = tmp_path / "fail.py"
     script.write_text(FAILING)
-    done = subprocess.run([str(HPCDL), "launch", "-n", "3", "--", "python", str(script)],
+    done = subprocess.run([str(HPCDL), "launch", "-n", str(ranks), "--", "python", str(script),
+                           str(stages), str(failing)],
                           capture_output=True, text=True, timeout=180, env=clean_env())
     out = done.stdout + done.stderr
     assert done.returncode != 0, out[-3000:]
     assert "NOT REACHED" not in out
-    assert "[hpcdl rank 1] pipeline.step: stage 1 (of 3) of replica 0 failed" in out, \
-        out[-3000:]
+    stage = failing % stages
+    assert (f"[hpcdl rank {failing}] pipeline.step: stage {stage} (of {stages}) of replica "
+            f"{replica} failed") in out, out[-3000:]
     assert "stage module exploded" in out
 
 

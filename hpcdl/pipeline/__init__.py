@@ -15,9 +15,9 @@ from .grid import Grid
 from .meter import ActivationMeter, Timeline
 from .pipeline import SCHEDULES, Pipeline, StageError
 from .process_group import init_process_group
-from .split import (build_layers, build_stage, parameter_costs, partition, split_bounds,
-                    split_sequential, time_costs)
+from .split import (build_layers, build_stage, has_parameters, parameter_costs, partition,
+                    split_bounds, split_sequential, time_costs)
 
 __all__ = ["Grid", "Pipeline", "StageError", "SCHEDULES", "init_process_group",
-           "partition", "parameter_costs", "time_costs", "split_bounds", "split_sequential",
-           "build_stage", "build_layers", "ActivationMeter", "Timeline"]
+           "partition", "parameter_costs", "has_parameters", "time_costs", "split_bounds",
+           "split_sequential", "build_stage", "build_layers", "ActivationMeter", "Timeline"]

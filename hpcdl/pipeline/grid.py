@@ -4,6 +4,7 @@
     grid.stage, grid.replica                    # where this rank sits
     grid.dp_comm                                # hpcdl communicator: this stage's D replicas
     grid.pp_group                               # torch process group: this replica's S stages
+    grid.comm                                   # hpcdl communicator: every rank of the grid
 
 Rank ``r`` holds stage ``r % S`` of replica ``r // S``: the S stages of one
 pipeline are consecutive ranks, so activations (sent every micro-batch) travel
@@ -62,6 +63,9 @@ class Grid:
             c = hpcdl.subgroup([r * s + st for r in range(d)])
             if st == self.stage:
                 self.dp_comm = c
+        # Every rank of the grid, on its own MPI context: the pipeline's set-up checks
+        # agree over it without meeting traffic queued on the world communicator.
+        self.comm: Communicator = hpcdl.init().comm.split(0, rank, name="hpcdl.pipeline.grid")
 
     @property
     def is_first(self) -> bool:

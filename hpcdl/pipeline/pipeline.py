@@ -21,6 +21,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
                                           ScheduleInterleaved1F1B)
@@ -52,40 +53,31 @@ class Pipeline:
             (``cross_entropy``'s default): it is scaled by ``1/M`` so the
             accumulated gradient is the full batch's mean gradient.
         schedule: ``"gpipe"``, ``"1f1b"`` or ``"interleaved1f1b"``.
+
+    Collective over the grid: every rank builds its Pipeline at the same point. Each
+    checks its own arguments (and that its stage holds parameters), then all agree,
+    so a setup that one rank refuses raises :class:`InvalidArgumentError` on every
+    rank, before any send.
     """
 
     def __init__(self, module: "nn.Module | Sequence[nn.Module]", grid: Grid,
                  n_microbatches: int, loss_fn: Callable[[Any, Any], torch.Tensor],
                  schedule: str = "1f1b", device: "torch.device | str" = "cpu") -> None:
         self.grid = grid
-        rank = grid.rank
-        where = dict(rank=rank, op="pipeline.Pipeline")
-        name = str(schedule).lower()
-        if name not in SCHEDULES:
-            raise InvalidArgumentError(f"schedule={schedule!r}; choose from "
-                                       f"{', '.join(SCHEDULES)}", **where)
-        if not isinstance(n_microbatches, int) or n_microbatches < 1:
-            raise InvalidArgumentError(f"n_microbatches={n_microbatches!r}; must be an int "
-                                       ">= 1", **where)
-        mods = list(module) if isinstance(module, (list, tuple)) else [module]
-        if name != "interleaved1f1b" and len(mods) != 1:
-            raise InvalidArgumentError(f"schedule {name!r} runs one stage per rank; got "
-                                       f"{len(mods)} modules (use 'interleaved1f1b')", **where)
-        self.schedule_name, self.n_microbatches, self.modules = name, n_microbatches, mods
+        self.schedule_name = name = str(schedule).lower()
+        self.n_microbatches = n_microbatches
+        self.modules = mods = list(module) if isinstance(module, (list, tuple)) else [module]
         self.device = torch.device(device)
-        # The "hpcdl" backend (like MPI) sends only contiguous tensors, and a CPU
-        # convolution run under no_grad can return a strided one: hand the next
-        # stage a contiguous copy (a no-op when it already is).
-        for mod in mods:
-            mod.register_forward_hook(_contiguous_output)
-        v = len(mods)
-        self.num_stages = grid.stages * v
-        self.stage_indices = [grid.stage + k * grid.stages for k in range(v)]
-        if name == "1f1b" and n_microbatches < self.num_stages:
-            raise InvalidArgumentError(f"1F1B needs n_microbatches >= stages (torch's "
-                                       f"Schedule1F1B); got M={n_microbatches} for "
-                                       f"{self.num_stages} stages: use 'gpipe' or more "
-                                       "micro-batches", **where)
+        self.num_stages = grid.stages * len(mods)
+        self.stage_indices = [grid.stage + k * grid.stages for k in range(len(mods))]
+        self._cls = SCHEDULES.get(name)
+        self.meter = ActivationMeter([])
+        self.timelines: list[Timeline] = []
+        # torch's PipelineStage fixes its receive buffers' shapes at its first run,
+        # so each (training or forward-only, batch size) gets its own stage objects
+        # over the same modules; the first is built now to check the setup.
+        self._runners: dict[tuple[bool, int | None], Any] = {}
+        self._last_key: int | None = None
         m = n_microbatches
 
         def scaled_loss(output: Any, target: Any) -> torch.Tensor:
@@ -94,15 +86,54 @@ class Pipeline:
             return loss_fn(output, target) / m
 
         self._loss = scaled_loss
-        self._cls = SCHEDULES[name]
-        self.meter = ActivationMeter([])
-        self.timelines: list[Timeline] = []
-        # torch's PipelineStage fixes its receive buffers' shapes at its first run,
-        # so each (training or forward-only, batch size) gets its own stage objects
-        # over the same modules; the first is built now to check the setup.
-        self._runners: dict[tuple[bool, int | None], Any] = {}
-        self._last_key: int | None = None
-        self.schedule = self._runner(True, None)
+        # Every rank checks its own part, then all agree: a setup refused on one rank
+        # alone would leave the others waiting in the schedule's first send, or in
+        # whatever collective comes next, for ever.
+        try:
+            problem = self._check_setup()
+            if problem is None:
+                self._hook_contiguous()
+                self.schedule = self._runner(True, None)
+        except InvalidArgumentError as e:
+            problem = e.reason
+        except Exception as e:  # noqa: BLE001 - torch refusing a stage: every rank must hear
+            problem = f"building the stage failed: {type(e).__name__}: {e}"
+        _agree(grid, problem, "pipeline.Pipeline")
+
+    def _check_setup(self) -> str | None:
+        """What is wrong with this rank's arguments (None: nothing)."""
+        name, m, mods = self.schedule_name, self.n_microbatches, self.modules
+        if name not in SCHEDULES:
+            return f"schedule={name!r}; choose from {', '.join(SCHEDULES)}"
+        if not isinstance(m, int) or m < 1:
+            return f"n_microbatches={m!r}; must be an int >= 1"
+        if name != "interleaved1f1b" and len(mods) != 1:
+            return (f"schedule {name!r} runs one stage per rank; got {len(mods)} modules "
+                    "(use 'interleaved1f1b')")
+        if not mods or not all(isinstance(mod, nn.Module) for mod in mods):
+            return "module must be an nn.Module (or, interleaved, a non-empty list of them)"
+        if name == "1f1b" and m < self.num_stages:
+            return (f"1F1B needs n_microbatches >= stages (torch's Schedule1F1B); got M={m} "
+                    f"for {self.num_stages} stages: use 'gpipe' or more micro-batches")
+        if not any(True for mod in mods for _ in mod.parameters()):
+            # torch's optimizers refuse an empty parameter list, so this rank could
+            # not train, and would fail alone while its peers wait in the schedule.
+            layers = [type(c).__name__ for mod in mods for c in mod.modules()
+                      if not list(c.children())]
+            return (f"stage {self.grid.stage} holds no parameters (virtual stage(s) "
+                    f"{self.stage_indices} of {self.num_stages}: {', '.join(layers)}); "
+                    "cut the model into fewer stages or give every stage a layer with "
+                    "parameters (split_sequential and build_stage do when the model has "
+                    "one such layer per stage)")
+        return None
+
+    def _hook_contiguous(self) -> None:
+        # gloo refuses to send a non-contiguous tensor (a CPU convolution under no_grad
+        # can return one); the "hpcdl" backend copies it, so the hook is gloo's only.
+        if dist.get_backend(self.grid.pp_group) == "hpcdl":
+            return
+        for mod in self.modules:
+            mod.register_forward_hook(_contiguous_output)
 
     def _runner(self, train: bool, batch: int | None) -> Any:
         key = (train, batch)
@@ -257,3 +288,16 @@ def _contiguous_output(module: nn.Module, args: Any, output: Any) -> Any:
     if isinstance(output, tuple):
         return tuple(o.contiguous() if isinstance(o, torch.Tensor) else o for o in output)
     return output
+
+
+def _agree(grid: Grid, problem: str | None, op: str) -> None:
+    """Raise on every rank of the grid if any rank found a problem (collective)."""
+    problems = grid.comm.allgather_object(problem)
+    bad = [r for r, p in enumerate(problems) if p is not None]
+    if not bad:
+        return
+    if problem is not None:
+        raise InvalidArgumentError(problem, rank=grid.rank, op=op)
+    others = f" (and {len(bad) - 1} other rank(s))" if len(bad) > 1 else ""
+    raise InvalidArgumentError(f"rank {bad[0]}{others} refused the setup, so every rank "
+                               f"does: {problems[bad[0]]}", rank=grid.rank, op=op)

@@ -13,7 +13,11 @@
 
 The partition minimises the cost of the most expensive stage (the pipeline
 runs at the pace of its slowest stage), by dynamic programming over the
-contiguous splits.
+contiguous splits. With ``"params"`` and ``"time"``, every stage also gets at
+least one layer with parameters whenever the model has as many such layers as
+stages: a stage of activations only would leave its rank with nothing to
+train (no optimizer can be built on it), and :class:`~hpcdl.pipeline.Pipeline`
+refuses a rank without parameters on every rank.
 """
 
 from __future__ import annotations
@@ -26,22 +30,34 @@ from torch import nn
 
 from hpcdl.errors import InvalidArgumentError
 
-__all__ = ["partition", "parameter_costs", "time_costs", "split_bounds", "split_sequential",
-           "build_stage", "build_layers"]
+__all__ = ["partition", "parameter_costs", "has_parameters", "time_costs", "split_bounds",
+           "split_sequential", "build_stage", "build_layers"]
 
 Balance = "str | Sequence[int]"
 
 
-def partition(costs: Sequence[float], stages: int) -> list[int]:
+def partition(costs: Sequence[float], stages: int,
+              anchors: Sequence[bool] | None = None) -> list[int]:
     """Boundaries ``[0, b1, ..., n]`` of ``stages`` non-empty contiguous parts of ``costs``
-    with the smallest possible maximum part cost (ties: earlier cuts)."""
+    with the smallest possible maximum part cost (ties: earlier cuts).
+
+    ``anchors[i]`` marks layer ``i`` as one every part should contain at least one of
+    (a layer with parameters): honoured whenever there are at least ``stages`` anchors.
+    """
     n = len(costs)
     if stages < 1 or stages > n:
         raise InvalidArgumentError(f"cannot cut {n} layer(s) into {stages} non-empty stages",
                                    op="pipeline.partition")
+    if anchors is not None and len(anchors) != n:
+        raise InvalidArgumentError(f"{len(anchors)} anchors for {n} layers",
+                                   op="pipeline.partition")
     prefix = [0.0]
     for c in costs:
         prefix.append(prefix[-1] + float(c))
+    held = [0]  # held[j]: anchors among the first j layers
+    for a in (anchors if anchors is not None else [False] * n):
+        held.append(held[-1] + bool(a))
+    need = 1 if held[-1] >= stages else 0  # fewer anchors than stages: cannot honour them
     inf = float("inf")
     # best[k][j]: smallest max-cost of cutting the first j layers into k parts.
     best = [[inf] * (n + 1) for _ in range(stages + 1)]
@@ -50,6 +66,8 @@ def partition(costs: Sequence[float], stages: int) -> list[int]:
     for k in range(1, stages + 1):
         for j in range(k, n - (stages - k) + 1):
             for i in range(k - 1, j):
+                if held[j] - held[i] < need:
+                    continue
                 v = max(best[k - 1][i], prefix[j] - prefix[i])
                 if v < best[k][j]:
                     best[k][j], cut[k][j] = v, i
@@ -57,6 +75,11 @@ def partition(costs: Sequence[float], stages: int) -> list[int]:
     for k in range(stages, 0, -1):
         bounds.append(cut[k][bounds[-1]])
     return bounds[::-1]
+
+
+def has_parameters(layers: Sequence[nn.Module]) -> list[bool]:
+    """Which layers hold parameters (the anchors :func:`partition` spreads over stages)."""
+    return [any(True for _ in m.parameters()) for m in layers]
 
 
 def parameter_costs(layers: Sequence[nn.Module]) -> list[float]:
@@ -85,12 +108,12 @@ def split_bounds(layers: Sequence[nn.Module], stages: int, balance: Balance = "p
     n = len(layers)
     if isinstance(balance, str):
         if balance == "params":
-            return partition(parameter_costs(layers), stages)
+            return partition(parameter_costs(layers), stages, has_parameters(layers))
         if balance == "time":
             if example is None:
                 raise InvalidArgumentError("balance='time' needs example= (one input batch)",
                                            op="pipeline.split")
-            return partition(time_costs(layers, example), stages)
+            return partition(time_costs(layers, example), stages, has_parameters(layers))
         raise InvalidArgumentError(f"balance={balance!r}; use 'params', 'time' or a list of "
                                    "split indices", op="pipeline.split")
     points = [int(p) for p in balance]
@@ -158,7 +181,7 @@ def build_stage(builders: Sequence[Callable[[], nn.Module]], stages: int, stage:
     if balance == "params":
         with torch.device("meta"):
             shapes = [b() for b in builders]
-        bounds = partition(parameter_costs(shapes), stages)
+        bounds = partition(parameter_costs(shapes), stages, has_parameters(shapes))
     else:
         bounds = split_bounds([nn.Identity()] * len(builders), stages, balance)
     mine = range(bounds[stage], bounds[stage + 1])

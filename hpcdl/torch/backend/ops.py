@@ -10,7 +10,7 @@ op, the dtype and the rank, before any rank starts communicating.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from ...errors import DtypeError, InvalidArgumentError
 from ...ops import ReduceOp
 
 __all__ = ["torch_op", "hpcdl_op", "mpi_op", "mpi_type", "host_bytes", "host_array",
-           "HPCDL_DTYPES"]
+           "dense", "write_back", "on_dense", "check_tensor", "HPCDL_DTYPES"]
 
 _RED = dist.ReduceOp.RedOpType
 
@@ -102,17 +102,43 @@ def host_bytes(t: torch.Tensor) -> np.ndarray:
     return flat.view(torch.uint8).numpy()
 
 
+def dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when MPI can address it as one block, else a contiguous copy of it.
+
+    torch's gloo copies strided inputs of its collectives the same way; an output
+    passed through here is written back with :func:`write_back`.
+    """
+    # detach: the copy is a communication buffer, not a step autograd should record.
+    return t if t.is_contiguous() else t.detach().contiguous()
+
+
+def write_back(t: torch.Tensor, buf: torch.Tensor) -> None:
+    """Copy the result in ``buf`` (from :func:`dense`) into the caller's strided ``t``."""
+    if buf is not t:
+        t.detach().copy_(buf)  # detach: a leaf that requires grad refuses in-place copy_
+
+
+def on_dense(t: torch.Tensor, body: "Callable[[torch.Tensor], Any]", *,
+             copy_back: bool = True) -> list[torch.Tensor]:
+    """Run ``body`` on ``dense(t)`` and write the result back into ``t``; returns ``[t]``."""
+    buf = dense(t)
+    body(buf)
+    if copy_back:
+        write_back(t, buf)
+    return [t]
+
+
 def check_tensor(t: Any, *, rank: int, op_name: str, arg: str = "tensor") -> None:
-    """Refuse what MPI cannot address as one block: non-tensors, sparse, non-contiguous."""
+    """Refuse what MPI cannot address at all: non-tensors, sparse, other devices.
+
+    Strided (non-contiguous) tensors are accepted: the operations communicate
+    through a contiguous copy (:func:`dense`) and write results back."""
     if not isinstance(t, torch.Tensor):
         raise InvalidArgumentError(f"argument '{arg}' is a {type(t).__name__}, expected a "
                                    "torch.Tensor", rank=rank, op=op_name)
     if t.layout != torch.strided:
         raise DtypeError(f"argument '{arg}' is a {t.layout} tensor; only dense tensors can be "
                          "communicated", rank=rank, op=op_name)
-    if not t.is_contiguous():
-        raise InvalidArgumentError(f"argument '{arg}' ({t.dtype}{list(t.shape)}) is not "
-                                   "contiguous; pass x.contiguous()", rank=rank, op=op_name)
     if t.device.type not in ("cpu", "cuda"):
         raise InvalidArgumentError(f"argument '{arg}' is on {t.device}; the hpcdl backend "
                                    "takes cpu and cuda tensors", rank=rank, op=op_name)

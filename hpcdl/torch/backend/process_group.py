@@ -4,6 +4,13 @@ torch calls these methods with lists of tensors and an options struct; each
 checks its arguments on the calling thread (so a bad call raises at once, on
 the rank that made it, naming the op) and then queues one job on the
 communicator's progress thread (work.py), returning its ``Work``.
+
+Strided (non-contiguous) tensors are taken as torch's gloo takes them in its
+collectives: inputs travel as a contiguous copy (``dense``) and results land
+in a contiguous buffer copied back into the caller's tensor (``write_back``).
+Point-to-point goes further than gloo, which refuses them: a strided send is
+copied before the MPI request starts, a strided receive lands in a contiguous
+temporary copied back when the request completes.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from mpi4py import MPI
 from ...comm.mpi import MPICommunicator
 from ...errors import InvalidArgumentError
 from . import collectives as jobs
-from .ops import check_tensor, host_bytes, hpcdl_op, mpi_op, torch_op
+from .ops import (check_tensor, dense, host_bytes, hpcdl_op, mpi_op, on_dense, torch_op,
+                  write_back)
 from .work import P2PWork, submit
 
 __all__ = ["ProcessGroupHpcdl"]
@@ -97,8 +105,8 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
         t = self._one(tensors, "allreduce")
         opts = opts if opts is not None else dist.AllreduceOptions()
         hop, mop, factor = self._reduction(opts.reduceOp, t.dtype, "allreduce")
-        return submit(self.comm, "allreduce", lambda: (
-            jobs.allreduce(self.comm, t, hop, mop, factor, self.algorithm), tensors)[1])
+        return submit(self.comm, "allreduce", lambda: on_dense(t, lambda b: jobs.allreduce(
+            self.comm, b, hop, mop, factor, self.algorithm)))
 
     def allreduce_coalesced(self, tensors: list, opts: Any = None) -> dist.Work:
         for t in tensors:
@@ -108,7 +116,8 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
 
         def job() -> list:
             for t, (hop, mop, factor) in zip(tensors, ops):
-                jobs.allreduce(self.comm, t, hop, mop, factor, self.algorithm)
+                on_dense(t, lambda b: jobs.allreduce(self.comm, b, hop, mop, factor,
+                                                     self.algorithm))
             return tensors
         return submit(self.comm, "allreduce_coalesced", job)
 
@@ -120,16 +129,19 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
 
         def job() -> list:
             # An allreduce whose result only the root keeps: the others reduce a copy.
-            target = t if self.comm.rank == root else t.clone()
+            buf = dense(t)
+            target = buf if self.comm.rank == root else buf.clone()
             jobs.allreduce(self.comm, target, hop, mop, factor, self.algorithm)
+            if self.comm.rank == root:
+                write_back(t, buf)
             return tensors
         return submit(self.comm, "reduce", job)
 
     def broadcast(self, tensors: list, opts: Any = None) -> dist.Work:
         t = self._one(tensors, "broadcast")
         root = self._root((opts or dist.BroadcastOptions()).rootRank, "broadcast")
-        return submit(self.comm, "broadcast",
-                      lambda: (jobs.broadcast(self.comm, t, root), tensors)[1])
+        return submit(self.comm, "broadcast", lambda: on_dense(
+            t, lambda b: jobs.broadcast(self.comm, b, root), copy_back=self.comm.rank != root))
 
     def barrier(self, opts: Any = None) -> dist.Work:
         import hpcdl
@@ -141,6 +153,7 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
         if len(output_lists) != 1 or len(output_lists[0]) != self.comm.size:
             raise self._err("allgather", f"needs one list of {self.comm.size} output tensors")
         outs = output_lists[0]
+        inp = dense(inp)  # the outputs take strided results through copy_
         for o in outs:
             if o.numel() != inp.numel() or o.dtype != inp.dtype:
                 raise self._err("allgather", f"output {o.dtype}{list(o.shape)} does not match "
@@ -162,8 +175,9 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
             raise self._err("all_gather_into_tensor",
                             f"output {output.dtype}{list(output.shape)} must hold {self.comm.size} "
                             f"x input {inp.dtype}{list(inp.shape)}")
-        return submit(self.comm, "all_gather_into_tensor",
-                      lambda: (jobs.allgather_flat(self.comm, output, inp), [output])[1])
+        src = dense(inp)
+        return submit(self.comm, "all_gather_into_tensor", lambda: on_dense(
+            output, lambda b: jobs.allgather_flat(self.comm, b, src)))
 
     _allgather_base = all_gather_single
 
@@ -177,8 +191,9 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
                                 f"x output {output.dtype}{list(output.shape)}")
         opts = opts if opts is not None else dist.ReduceScatterOptions()
         hop, mop, factor = self._reduction(opts.reduceOp, inp.dtype, op)
-        return submit(self.comm, op, lambda: (
-            jobs.reduce_scatter_flat(self.comm, output, inp, hop, mop, factor), [output])[1])
+        src = dense(inp)
+        return submit(self.comm, op, lambda: on_dense(
+            output, lambda b: jobs.reduce_scatter_flat(self.comm, b, src, hop, mop, factor)))
 
     _reduce_scatter_base = reduce_scatter_single
 
@@ -208,8 +223,9 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
                                     f"rows over {size} ranks")
         send = jobs.split_counts(inp, input_splits, size)
         recv = jobs.split_counts(output, output_splits, size)
-        return submit(self.comm, op, lambda: (
-            jobs.alltoall_flat(self.comm, output, inp, send, recv), [output])[1])
+        src = dense(inp)
+        return submit(self.comm, op, lambda: on_dense(
+            output, lambda b: jobs.alltoall_flat(self.comm, b, src, send, recv)))
 
     alltoall_base = all_to_all_single
 
@@ -233,7 +249,7 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
         return submit(self.comm, "all_to_all", job)
 
     def gather(self, output_lists: list, inputs: list, opts: Any = None) -> dist.Work:
-        inp = self._one(inputs, "gather")
+        inp = dense(self._one(inputs, "gather"))
         root = self._root((opts or dist.GatherOptions()).rootRank, "gather")
         outs = output_lists[0] if output_lists else []
         if self.comm.rank == root and len(outs) != self.comm.size:
@@ -249,8 +265,8 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
                 i.numel() != out.numel() or i.dtype != out.dtype for i in ins)):
             raise self._err("scatter", f"the root needs {self.comm.size} inputs shaped like "
                                        "the output")
-        return submit(self.comm, "scatter",
-                      lambda: (jobs.scatter(self.comm, out, ins, root), outputs)[1])
+        return submit(self.comm, "scatter", lambda: (
+            on_dense(out, lambda b: jobs.scatter(self.comm, b, ins, root)), outputs)[1])
 
     # point-to-point -----------------------------------------------------------
     def _p2p_args(self, tensors: list, peer: int, tag: int, op: str) -> torch.Tensor:
@@ -263,7 +279,8 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
 
     def send(self, tensors: list, dst: int, tag: int) -> dist.Work:
         t = self._p2p_args(tensors, dst, tag, "send")
-        host = t.detach().to("cpu")  # a CUDA tensor is staged; the copy lives in the work
+        # A CUDA tensor is staged, a strided one copied: the copy lives in the work.
+        host = dense(t.detach().to("cpu"))
         req = self._p2p.mpi.Isend([host_bytes(host), MPI.BYTE], dst, tag)
         work = P2PWork(req, tensors, "send", self.comm.rank)
         work._keep = host  # the send buffer must outlive the request
@@ -271,9 +288,12 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
 
     def recv(self, tensors: list, src: int, tag: int) -> dist.Work:
         t = self._p2p_args(tensors, src, tag, "recv")
-        host = t if t.device.type == "cpu" else torch.empty(t.shape, dtype=t.dtype)
+        # A CUDA or strided tensor receives into a contiguous host temporary, copied
+        # back when the request completes (P2PWork runs ``finish`` then).
+        direct = t.device.type == "cpu" and t.is_contiguous()
+        host = t if direct else torch.empty(t.shape, dtype=t.dtype)
         req = self._p2p.mpi.Irecv([host_bytes(host), MPI.BYTE], src, tag)
-        finish = None if host is t else (lambda: t.copy_(host))
+        finish = None if direct else (lambda: write_back(t, host))
         return P2PWork(req, tensors, "recv", self.comm.rank, finish)
 
     def recv_anysource(self, tensors: list, tag: int) -> dist.Work:
