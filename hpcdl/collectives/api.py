@@ -26,13 +26,12 @@ from ..buffers import Buffer, as_buffer, check_same_device, empty_like
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError
 from ..ops import ReduceOp, check_dtype, dtype_name, is_half, parse_op
-from .. import runtime, trace
+from .. import trace
 from ..trace.hooks import traced
 from ..runtime import default_comm
-from .debug import _DEBUG_KEY, _ENV_DATA, OFF_VALUES, check_same_call, debug_enabled
+from .debug import check_same_call, debug_enabled
 from .handle import drain, executor_for
-from . import registry
-from .fastpath import _IN_PLACE, MISS, mpi_error, try_allreduce
+from .fastpath import MISS, try_allreduce
 from .native import native_reduce_scatter
 from .registry import resolve_allreduce, run_allreduce
 from .staging import staged
@@ -73,27 +72,8 @@ def allreduce(tensor: Any, out: Any = None, op: "str | ReduceOp" = "sum",
     The result goes into ``out`` when given, else into ``tensor`` itself.
     """
     if out is None and not async_op and type(tensor) is np.ndarray:
-        # The hottest case, inline: a blocking in-place NumPy allreduce whose plan
-        # (fastpath.py) is a cached native MPI call. Every Python call frame costs
-        # 0.1-0.2 us, 5-10% of a 4 KiB allreduce, so this stays free of calls; any
-        # other case takes try_allreduce, which builds plans and checks the rest.
-        ctx = runtime._CONTEXT
-        c = comm if comm is not None else (ctx.comm if ctx is not None else None)
-        plans = c.__dict__.get("_hpcdl_fast") if c is not None else None
-        flags = tensor.flags
-        if (plans is not None and plans[0] == registry.generation and flags.c_contiguous
-                and flags.writeable and (c.executor is None or not c.executor._pending)
-                and _ENV_DATA is not None and _ENV_DATA.get(_DEBUG_KEY) in OFF_VALUES):
-            try:
-                plan = plans[1].get((tensor.dtype, op, algorithm, tensor.nbytes))
-            except TypeError:  # unhashable op/algorithm: the general path names the error
-                plan = None
-            if plan.__class__ is tuple and plan[0] is not None:
-                try:
-                    plan[0].Allreduce(_IN_PLACE, [tensor, plan[1]], plan[2])
-                except Exception as exc:
-                    raise mpi_error(exc, c) from exc
-                return tensor
+        # The hottest case: a blocking in-place NumPy allreduce, served from a plan
+        # cached on the communicator (fastpath.py); MISS sends the rest below.
         done = try_allreduce(tensor, op, algorithm, comm)
         if done is not MISS:
             return done
