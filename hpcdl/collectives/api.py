@@ -25,7 +25,7 @@ import numpy as np
 from ..buffers import Buffer, as_buffer, check_same_device, empty_like
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError
-from ..ops import ReduceOp, check_dtype, dtype_name, is_half, parse_op
+from ..ops import ReduceOp, check_dtype, check_root, dtype_name, is_half, parse_op
 from .. import trace
 from ..trace.hooks import traced
 from ..runtime import default_comm
@@ -119,10 +119,7 @@ def broadcast(tensor: Any, root: int = 0, comm: Communicator | None = None,
               async_op: bool = False) -> Any:
     """Copy ``tensor`` from rank ``root`` into ``tensor`` on every rank (in place)."""
     c = default_comm(comm)
-    if (not isinstance(root, (int, np.integer)) or isinstance(root, bool)
-            or not 0 <= root < c.size):
-        raise InvalidArgumentError(f"root={root!r} is not a rank of this communicator "
-                                   f"(0..{c.size - 1})", rank=c.rank, op="broadcast")
+    root = check_root(root, c.size, rank=c.rank, op_name="broadcast")
     buf = as_buffer(tensor, arg="tensor", writable=True, rank=c.rank, op="broadcast")
 
     def run() -> Any:

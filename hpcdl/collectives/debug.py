@@ -19,7 +19,7 @@ from ..errors import MismatchError
 __all__ = ["debug_enabled", "check_same_call"]
 
 
-def _is_on(value: "str | bytes | None") -> bool:
+def _is_on(value: str | bytes | None) -> bool:
     return value not in (None, "", "0", b"", b"0")
 
 

@@ -18,6 +18,7 @@ import torch
 from ... import collectives
 from ...collectives.handle import drain
 from ...errors import InvalidArgumentError
+from ...ops import check_root
 from .agree import agree, describe, wire_dtype
 from .compression import Compression
 from .handles import register, synchronize
@@ -67,9 +68,8 @@ def _broadcast_start(tensor: torch.Tensor, output: torch.Tensor | None, root_ran
     where = _label(where, name)
     ps = resolve(process_set, where)
     wire = wire_dtype(tensor, where, ps)
-    if not isinstance(root_rank, int) or not 0 <= root_rank < ps.comm.size:
-        raise InvalidArgumentError(f"root_rank={root_rank!r} is not a rank of the process set "
-                                   f"(0..{ps.comm.size - 1})", rank=ps.comm.rank, op=where)
+    root_rank = check_root(root_rank, ps.comm.size, rank=ps.comm.rank, op_name=where,
+                           arg="root_rank", group="the process set")
     shape, dtype = describe(tensor)
     agree(ps, where, {"shape": list(shape), "dtype": dtype, "root_rank": root_rank},
           ("root_rank", "shape", "dtype"))
