@@ -29,6 +29,7 @@ from ..ops import ReduceOp, check_dtype, check_root, dtype_name, is_half, parse_
 from .. import trace
 from ..trace.hooks import traced
 from ..runtime import default_comm
+from .blocks import block_counts
 from .debug import check_same_call, debug_enabled
 from .handle import drain, executor_for
 from .fastpath import MISS, try_allreduce
@@ -165,15 +166,6 @@ def staged_gather(c: Communicator, inp: Buffer, ob: Buffer) -> None:
 
     staged(c, ob, ob, work, direct=lambda: c.allgather(inp, ob), copy_in=False,
            prepare=lambda host: read_input_into(c, inp, host, c.rank * inp.size))
-
-
-def block_counts(count: int, size: int) -> list[int]:
-    """How ``reduce_scatter`` splits ``count`` elements over ``size`` ranks.
-
-    Like ``numpy.array_split``: the first ``count % size`` ranks get one extra.
-    """
-    base, extra = divmod(count, size)
-    return [base + (1 if r < extra else 0) for r in range(size)]
 
 
 def reduce_scatter(tensor: Any, out: Any = None, op: "str | ReduceOp" = "sum",

@@ -39,7 +39,8 @@ import numpy as np
 
 from ..comm.base import Communicator
 from ..ops import ReduceOp
-from .ring import CHUNK_BYTES, block_bounds, ring_allgather, ring_reduce_scatter
+from .blocks import CHUNK_BYTES, block_bounds
+from .ring import ring_allgather, ring_reduce_scatter
 
 __all__ = ["NodeComms", "node_comms", "hierarchical_allreduce", "hierarchical_allreduce_nodes"]
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ... import collectives
+from ...collectives.blocks import block_bounds
 from ...collectives.handle import drain
 from ...errors import InvalidArgumentError
 from ...ops import check_root
@@ -182,9 +183,8 @@ def reducescatter_async(tensor: torch.Tensor, name: str | None = None, op: int =
         raise InvalidArgumentError("reducescatter needs a tensor of at least one dimension",
                                    rank=ps.comm.rank, op=where)
     size, rank, rows = ps.comm.size, ps.comm.rank, tensor.shape[0]
-    base, extra = divmod(rows, size)
-    start = rank * base + min(rank, extra)
-    mine = base + (1 if rank < extra else 0)
+    bounds = block_bounds(rows, size)
+    start, mine = bounds[rank], bounds[rank + 1] - bounds[rank]
     # The whole reduction, then this rank's rows: Horovod's row split is not
     # hpcdl.reduce_scatter's element split unless dim 0 divides evenly.
     inner, finish_all = _start(tensor, None, name, op, prescale_factor, postscale_factor, ps,
