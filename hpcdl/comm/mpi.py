@@ -17,7 +17,7 @@ from ..buffers import Buffer
 from ..errors import CommError, DtypeError
 from ..ops import ReduceOp, dtype_name
 
-__all__ = ["MPICommunicator", "mpi_datatype"]
+__all__ = ["MPICommunicator", "mpi_datatype", "mpi_error"]
 
 _MPI_TYPES = {np.dtype(np.float64): MPI.DOUBLE, np.dtype(np.float32): MPI.FLOAT,
               np.dtype(np.int32): MPI.INT32_T, np.dtype(np.int64): MPI.INT64_T}
@@ -62,6 +62,13 @@ def _nbytes(args: tuple) -> int:
     return int(getattr(first, "nbytes", 0) or 0)
 
 
+def mpi_error(exc: BaseException, comm: Any, op: str) -> CommError:
+    """MPI's failure ``exc`` in ``op`` on ``comm`` as a CommError: rank, operation and MPI's
+    own error string (the one conversion every MPI call of hpcdl goes through)."""
+    text = exc.Get_error_string() if isinstance(exc, MPI.Exception) else str(exc)
+    return CommError(f"MPI error: {text}", rank=comm.rank, size=comm.size, op=op)
+
+
 def _mpi_errors(name: str) -> Callable[[F], F]:
     def deco(fn: F) -> F:
         @functools.wraps(fn)
@@ -70,8 +77,7 @@ def _mpi_errors(name: str) -> Callable[[F], F]:
             try:
                 return fn(self, *args, **kwargs)
             except MPI.Exception as exc:
-                raise CommError(f"MPI error: {exc.Get_error_string()}", rank=self.rank,
-                                size=self.size, op=name) from exc
+                raise mpi_error(exc, self, name) from exc
             finally:
                 if t0:
                     trace.record(name, "mpi", t0, trace.now(), bytes=_nbytes(args))
@@ -90,8 +96,7 @@ class _MPIRequest:
         try:
             self.req.Wait()
         except MPI.Exception as exc:
-            raise CommError(f"MPI error: {exc.Get_error_string()}", rank=self.comm.rank,
-                            size=self.comm.size, op="wait") from exc
+            raise mpi_error(exc, self.comm, "wait") from exc
 
     def test(self) -> bool:
         return bool(self.req.Test())
