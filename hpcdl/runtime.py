@@ -275,6 +275,10 @@ def init(comm: Any = None, timeout: float | None = None, *,
         aware, reason = probe_cuda_aware(library, env)
         for c in (main, local, cross):
             c.cuda_aware = aware
+        from .collectives.hierarchical import NodeComms
+
+        # The node layout, for the hierarchical algorithms over this communicator.
+        main._hpcdl_nodes = NodeComms(local, cross, len(set(main.allgather_object(local.size))) == 1)
         levels = {MPI.THREAD_SINGLE: "single", MPI.THREAD_FUNNELED: "funneled",
                   MPI.THREAD_SERIALIZED: "serialized", MPI.THREAD_MULTIPLE: "multiple"}
         ctx = Context(comm=main, local_comm=local, cross_comm=cross, rank=rank, size=size,

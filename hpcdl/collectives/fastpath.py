@@ -22,7 +22,7 @@ from .. import runtime, trace
 from ..comm.mpi import _MPI_OPS, mpi_datatype, mpi_error
 from ..errors import InvalidArgumentError
 from ..ops import SUPPORTED_DTYPES, ReduceOp, is_half
-from . import registry
+from . import catalog, registry
 from .debug import debug_enabled
 from .native import native_allreduce
 
@@ -83,8 +83,8 @@ def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any
     if (executor is not None and executor._pending) or debug_enabled():
         return MISS
     plans = getattr(comm, "_hpcdl_fast", None)
-    if plans is None or plans[0] != registry.generation:
-        plans = comm._hpcdl_fast = (registry.generation, {})
+    if plans is None or plans[0] != catalog.generation:
+        plans = comm._hpcdl_fast = (catalog.generation, {})
     key = (tensor.dtype, op, algorithm, tensor.nbytes)
     try:
         plan = plans[1].get(key)

@@ -16,6 +16,7 @@ from .. import trace
 from ..buffers import Buffer
 from ..errors import CommError, DtypeError
 from ..ops import ReduceOp, dtype_name
+from .base import CommState
 
 __all__ = ["MPICommunicator", "mpi_datatype", "mpi_error"]
 
@@ -102,7 +103,7 @@ class _MPIRequest:
         return bool(self.req.Test())
 
 
-class MPICommunicator:
+class MPICommunicator(CommState):
     """hpcdl's view of an mpi4py communicator (usually a Dup of COMM_WORLD)."""
 
     def __init__(self, comm: MPI.Comm) -> None:
@@ -112,8 +113,6 @@ class MPICommunicator:
         self._splits: dict[str, "MPICommunicator"] = {}
         # MPI attaches TAG_UB to COMM_WORLD; it holds for every communicator of the job
         self.tag_ub = int(MPI.COMM_WORLD.Get_attr(MPI.TAG_UB))
-        self.executor: Any = None  # the async progress thread, created on first async_op
-        self.cuda_aware = False    # set by hpcdl.init() from the probe; inherited by splits
 
     def __repr__(self) -> str:
         return f"MPICommunicator(rank={self.rank}, size={self.size})"
