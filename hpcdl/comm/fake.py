@@ -182,10 +182,6 @@ class FakeCommunicator(CommState):
             self._named[name] = comm
         return comm
 
-    def abort(self, code: int = 1) -> None:
-        self.world.barrier.abort()
-        raise self._fail("abort", f"abort({code}) called")
-
 
 def run_ranks(size: int, fn: Callable[[FakeCommunicator], Any], timeout: float = 30.0) -> list[Any]:
     """Run ``fn(comm)`` on ``size`` threads; return their results in rank order.

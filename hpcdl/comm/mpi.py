@@ -194,9 +194,6 @@ class MPICommunicator(CommState):
             self._splits[name] = sub
         return sub
 
-    def abort(self, code: int = 1) -> None:
-        self.mpi.Abort(code)
-
     def check_thread_support(self) -> None:
         """Raise unless MPI lets a second thread call it (hpcdl's async progress thread).
 
