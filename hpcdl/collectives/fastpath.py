@@ -72,10 +72,7 @@ def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any
     and the MPI call (about 1 us of Python in all: see docs/benchmarks.md).
     """
     if comm is None:
-        ctx = runtime._CONTEXT
-        if ctx is None:
-            return MISS
-        comm = ctx.comm
+        comm = runtime.get_context().comm
     flags = tensor.flags
     if not (flags.c_contiguous and flags.writeable):
         return MISS
