@@ -24,13 +24,10 @@ import numpy as np
 
 from .device import CupyDevice, backend_for, host_view
 from .errors import ContiguityError, DeviceMismatchError, DtypeError, InvalidArgumentError
-from .ops import SUPPORTED_DTYPES, bfloat16, check_dtype, dtype_name
+from .ops import SUPPORTED_DTYPES, TORCH_DTYPES, bfloat16, check_dtype, dtype_name
 
 __all__ = ["Buffer", "as_buffer", "check_same_device", "empty_like", "host_view"]
 
-_TORCH_DTYPES = {"torch.float64": "float64", "torch.float32": "float32",
-                 "torch.float16": "float16", "torch.bfloat16": "bfloat16",
-                 "torch.int32": "int32", "torch.int64": "int64"}
 
 
 @dataclass
@@ -93,17 +90,17 @@ def _from_numpy(a: np.ndarray, where: dict, arg: str, writable: bool) -> Buffer:
 def _from_torch(t: Any, where: dict, arg: str, writable: bool) -> Buffer:
     import torch  # the caller already has it imported: t is a tensor
 
-    name = _TORCH_DTYPES.get(str(t.dtype))
-    if name is None:
+    dtype = TORCH_DTYPES.get(str(t.dtype))
+    if dtype is None:
         raise DtypeError(f"argument '{arg}' has torch dtype {t.dtype}; supported: "
                          f"{', '.join(SUPPORTED_DTYPES)}", **where)
+    name = dtype.name
     if t.layout != torch.strided:
         raise DtypeError(f"argument '{arg}' is a {t.layout} tensor; only dense tensors are "
                          "supported", **where)
     if not t.is_contiguous():
         raise ContiguityError(f"argument '{arg}' (torch {name}{list(t.shape)}) is not "
                               "contiguous; pass x.contiguous()", **where)
-    dtype = SUPPORTED_DTYPES[name]
     if t.device.type == "cpu":
         d = t.detach()
         host = d.view(torch.int16).numpy().view(bfloat16) if name == "bfloat16" else d.numpy()

@@ -15,6 +15,7 @@ the operator and dtype decisions here, in one place:
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from typing import Any
 
 import ml_dtypes
@@ -22,8 +23,9 @@ import numpy as np
 
 from .errors import DtypeError, InvalidArgumentError
 
-__all__ = ["ReduceOp", "SUPPORTED_DTYPES", "bfloat16", "parse_op", "check_dtype",
-           "reduce_into", "finish_avg", "mpi_reducible", "dtype_name"]
+__all__ = ["ReduceOp", "SUPPORTED_DTYPES", "TORCH_DTYPES", "KERNEL_DTYPES", "torch_dtypes",
+           "bfloat16", "parse_op", "check_dtype", "check_root", "reduce_into", "finish_avg",
+           "mpi_reducible", "dtype_name"]
 
 bfloat16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -37,6 +39,19 @@ SUPPORTED_DTYPES: dict[str, np.dtype] = {
     "int64": np.dtype(np.int64),
 }
 _HALF = (np.dtype(np.float16), bfloat16)
+
+#: The same dtypes by the name torch gives them (``str(tensor.dtype)``): strings,
+#: so that nothing here imports torch. :func:`torch_dtypes` makes torch dtypes.
+TORCH_DTYPES: dict[str, np.dtype] = {f"torch.{name}": dt for name, dt in SUPPORTED_DTYPES.items()}
+#: The dtypes the CUDA kernels read and write (hpcdl/kernels/layout.py numbers them).
+KERNEL_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+
+
+def torch_dtypes(names: Iterable[str] = tuple(SUPPORTED_DTYPES)) -> tuple[Any, ...]:
+    """``torch.<name>`` for each of ``names`` (default: every supported dtype); imports torch."""
+    import torch
+
+    return tuple(getattr(torch, name) for name in names)
 
 
 class ReduceOp(str, enum.Enum):
@@ -84,6 +99,20 @@ def check_dtype(dtype: np.dtype, op: ReduceOp | None, *, rank: int | None = None
         raise DtypeError(f"op 'avg' needs a floating dtype, got {dtype_name(dtype)} "
                          "(use op='sum' and divide, to choose the rounding yourself)",
                          rank=rank, op=op_name)
+
+
+def check_root(root: Any, size: int, *, rank: int | None = None, op_name: str | None = None,
+               arg: str = "root", group: str = "this communicator") -> int:
+    """``root`` as an int, or raise unless it is a rank of a group of ``size`` ranks.
+
+    ``bool`` is refused although it is an ``int`` subclass: ``root=True`` is a
+    mistake, not rank 1.
+    """
+    if (not isinstance(root, (int, np.integer)) or isinstance(root, (bool, np.bool_))
+            or not 0 <= root < size):
+        raise InvalidArgumentError(f"{arg}={root!r} is not a rank of {group} (0..{size - 1})",
+                                   rank=rank, op=op_name)
+    return int(root)
 
 
 def reduce_into(dst: np.ndarray, src: np.ndarray, op: ReduceOp) -> None:

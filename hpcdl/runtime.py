@@ -25,13 +25,18 @@ from typing import Any, Mapping
 from .errors import InvalidArgumentError
 
 __all__ = ["Context", "init", "get_context", "default_comm", "is_initialized", "probe_cuda_aware",
-           "launcher_env"]
+           "launcher_env", "under_launcher", "launched_rank"]
 
 _LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID",
                     "PMI_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "PALS_LOCAL_RANKID")
 _RANK_VARS = ("OMPI_COMM_WORLD_RANK", "SLURM_PROCID", "PMI_RANK", "PMIX_RANK",
               "MV2_COMM_WORLD_RANK", "PALS_RANKID")
 _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+# Set only in a process that a launcher started as one rank of a job: mpirun/mpiexec
+# (Open MPI, MPICH/Hydra, MVAPICH, PALS) or an srun step. Not SLURM_NTASKS or
+# SLURM_PROCID: an salloc shell or a batch script (not a rank) has those too.
+_JOB_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE",
+             "PALS_RANKID", "SLURM_STEP_ID")
 
 
 @dataclass
@@ -70,6 +75,17 @@ def launcher_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The launcher's rank variables present in ``env`` (srun, mpirun, mpiexec.hydra, ...)."""
     env = os.environ if env is None else env
     return {k: env[k] for k in (*_RANK_VARS, *_LOCAL_RANK_VARS, *_SIZE_VARS) if k in env}
+
+
+def under_launcher(env: Mapping[str, str] | None = None) -> bool:
+    """Is this process one rank of a launched job (mpiexec, mpirun, srun, ...)?"""
+    env = os.environ if env is None else env
+    return any(k in env for k in _JOB_VARS)
+
+
+def launched_rank(env: Mapping[str, str] | None = None) -> int | None:
+    """This process's rank as its launcher numbered it; None when no launcher says."""
+    return _first_int(os.environ if env is None else env, _RANK_VARS)
 
 
 def _first_int(env: Mapping[str, str], names: tuple[str, ...]) -> int | None:
@@ -259,6 +275,10 @@ def init(comm: Any = None, timeout: float | None = None, *,
         aware, reason = probe_cuda_aware(library, env)
         for c in (main, local, cross):
             c.cuda_aware = aware
+        from .collectives.hierarchical import NodeComms
+
+        # The node layout, for the hierarchical algorithms over this communicator.
+        main._hpcdl_nodes = NodeComms(local, cross, len(set(main.allgather_object(local.size))) == 1)
         levels = {MPI.THREAD_SINGLE: "single", MPI.THREAD_FUNNELED: "funneled",
                   MPI.THREAD_SERIALIZED: "serialized", MPI.THREAD_MULTIPLE: "multiple"}
         ctx = Context(comm=main, local_comm=local, cross_comm=cross, rank=rank, size=size,

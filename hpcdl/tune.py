@@ -30,6 +30,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .runtime import under_launcher
+
 __all__ = ["main", "run_at_ranks", "time_op", "rules_from_timings", "merge_rules", "powers_of_4"]
 
 
@@ -103,12 +105,10 @@ def rules_from_timings(timings: dict[int, dict[str, float]]) -> list[list[Any]]:
 def merge_rules(path: Path, ranks: int, kind_rules: dict[str, list[list[Any]]],
                 source: str) -> dict[str, Any]:
     """Put the rules for ``ranks`` into the table at ``path`` (created if missing)."""
-    from .collectives.select import DEFAULT_TABLE, validate_table
+    from .collectives.select import validate_table
 
-    base = path if path.is_file() else DEFAULT_TABLE
-    table = json.loads(base.read_text())
-    if base != path:
-        table = {"version": 1, "source": "", "rules": {}}
+    table = (json.loads(path.read_text()) if path.is_file()
+             else {"version": 1, "source": "", "rules": {}})
     for kind, rules in kind_rules.items():
         table["rules"].setdefault(kind, {})[str(ranks)] = rules
     table["source"] = source
@@ -161,11 +161,6 @@ def _measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def _in_job() -> bool:
-    return any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK",
-                                         "SLURM_STEP_ID"))
-
-
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     from .collectives.select import user_table_path
 
@@ -202,7 +197,7 @@ def run_at_ranks(prog: str, module: str, ranks: str, args: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
-    if _in_job():
+    if under_launcher():
         return _measure(args)
     passthrough = ["--out", args.out, "--sizes", ",".join(map(str, args.sizes)),
                    "--rounds", str(args.rounds)]

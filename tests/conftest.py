@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from hpcdl.ops import SUPPORTED_DTYPES
+from hpcdl.runtime import launched_rank, under_launcher
 
 
 def gpu_available() -> bool:
@@ -30,8 +31,7 @@ def gpu_available() -> bool:
 def pytest_configure(config):
     # Under mpiexec every rank is its own pytest process; sharing the default
     # /tmp/pytest-of-<user> lets one rank's cleanup race another's tmp_path.
-    rank = next((os.environ[k] for k in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
-                 if k in os.environ), None)
+    rank = launched_rank()
     if rank is not None and not config.option.basetemp:
         config.option.basetemp = os.path.join(tempfile.gettempdir(),
                                               f"hpcdl-pytest-{os.getpid()}-rank{rank}")
@@ -40,7 +40,7 @@ def pytest_configure(config):
 def _under_mpi(config) -> bool:
     if config.getoption("--with-mpi", default=False):
         return True
-    return any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"))
+    return under_launcher()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -32,13 +32,14 @@ from hpcdl.collectives.registry import ALLREDUCE, resolve_allreduce
 from hpcdl.comm import run_ranks
 from hpcdl.errors import ContiguityError, DtypeError, InvalidArgumentError
 from hpcdl.ops import SUPPORTED_DTYPES, ReduceOp, bfloat16, finish_avg
+from hpcdl.runtime import under_launcher
 from hpcdl.tune import merge_rules, rules_from_timings
 
 ALGORITHMS = ["native", "chunked", "ring", "tree", "hierarchical"]
 OPS = list(ReduceOp)
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11,
                  "bfloat16": 2.0**-8}
-UNDER_MPI = any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"))
+UNDER_MPI = under_launcher()
 # in-process tests need no MPI job: run them once, in the serial pass
 in_process = pytest.mark.skipif(UNDER_MPI, reason="in-process test: runs in the serial pass")
 

@@ -190,6 +190,24 @@ def test_mpi_errors_become_comm_errors(ctx):
 
 # --- HPCDL_DEBUG=1 ------------------------------------------------------------------
 
+def test_debug_switch_follows_os_environ_at_once(ctx, monkeypatch):
+    """The flag is cached (os.environ.get would cost ~1 us a call) but every change
+    made through os.environ counts from the next call, after a cached fast-path plan too."""
+    from hpcdl.collectives.debug import debug_enabled
+
+    hpcdl.allreduce(np.ones(7))  # caches the fast-path plan for this call
+    monkeypatch.delenv("HPCDL_DEBUG", raising=False)
+    assert not debug_enabled()
+    for value, on in (("1", True), ("0", False), ("yes", True), ("", False), ("1", True)):
+        monkeypatch.setenv("HPCDL_DEBUG", value)
+        assert debug_enabled() is on, value
+    x = np.ones(7)
+    hpcdl.allreduce(x)  # now through the checked path: the same answer
+    np.testing.assert_array_equal(x, np.full(7, float(ctx.size)))
+    monkeypatch.delenv("HPCDL_DEBUG")
+    assert not debug_enabled()
+
+
 def test_debug_mode_passes_matching_calls(ctx, monkeypatch):
     monkeypatch.setenv("HPCDL_DEBUG", "1")
     x = np.ones(5, np.float32)

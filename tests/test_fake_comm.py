@@ -177,13 +177,3 @@ def test_a_rank_that_never_arrives_times_out():
 
     with pytest.raises(CommError):
         run_ranks(2, body, timeout=0.2)
-
-
-def test_abort_ends_every_rank():
-    def body(c):
-        if c.rank == 0:
-            c.abort(3)
-        c.barrier()
-
-    with pytest.raises(CommError, match=r"abort\(3\)"):
-        run_ranks(3, body, timeout=20)

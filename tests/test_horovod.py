@@ -165,6 +165,8 @@ def test_broadcast_every_root(h):
         assert torch.equal(mine, data(root, (3, 2), dtype))
     with pytest.raises(InvalidArgumentError, match="root_rank"):
         hvd.broadcast(torch.ones(1), root_rank=h.size)
+    with pytest.raises(InvalidArgumentError, match="root_rank=True"):  # not rank 1
+        hvd.broadcast(torch.ones(1), root_rank=True)
 
 
 def test_alltoall(h):

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,3 +247,19 @@ def test_auto_uses_the_model_for_rank_counts_the_table_lacks(ctx, tmp_path, monk
         monkeypatch.undo()
         auto._fitted.cache_clear()
         select.reload()
+
+
+@pytest.mark.spawns
+def test_measure_command_inside_a_job_writes_measurements(tmp_path):
+    """``hpcdl model measure`` run as the ranks of a job measures there (runtime.under_launcher)."""
+    out = tmp_path / "measurements.json"
+    cmd = [str(Path(sys.executable).parent / "hpcdl"), "launch", "-n", "2", "--", "python", "-m",
+           "hpcdl.model.measure_cli", "--sizes", "4,4096", "--rounds", "1", "--budget", "0.002",
+           "--out", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for k in [k for k in env if k.startswith(("OMPI_", "PMIX_", "PRTE_"))]:
+        env.pop(k)  # a clean launch even when pytest itself runs under mpiexec
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert "n=2" in done.stdout and record

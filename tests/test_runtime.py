@@ -14,7 +14,7 @@ from mpi4py import MPI
 
 import hpcdl
 from hpcdl import runtime
-from hpcdl.runtime import _layout, launcher_env, probe_cuda_aware
+from hpcdl.runtime import _layout, launched_rank, launcher_env, probe_cuda_aware, under_launcher
 
 HPCDL = str(Path(sys.executable).parent / "hpcdl")
 
@@ -60,6 +60,18 @@ def test_layout_follows_the_launcher_local_rank(ctx):
         assert ctx.local_rank == ctx.rank
     assert launcher_env({"SLURM_PROCID": "3", "SLURM_LOCALID": "1", "HOME": "/x"}) == \
         {"SLURM_PROCID": "3", "SLURM_LOCALID": "1"}
+
+
+def test_under_launcher_and_launched_rank(ctx):
+    """One answer to "is this a rank of a launched job?" (hpcdl tune, the test suite)."""
+    assert under_launcher({"PMIX_RANK": "2"}) and under_launcher({"SLURM_STEP_ID": "0"})
+    assert under_launcher({"OMPI_COMM_WORLD_SIZE": "4"}) and under_launcher({"PMI_SIZE": "2"})
+    # an salloc shell or a batch script has these, but is not a rank
+    assert not under_launcher({"SLURM_NTASKS": "4", "SLURM_JOB_ID": "7", "HOME": "/x"})
+    assert launched_rank({"OMPI_COMM_WORLD_RANK": "3"}) == 3
+    assert launched_rank({"HOME": "/x"}) is None
+    if ctx.size > 1:  # only a launcher starts a job of several ranks
+        assert under_launcher() and launched_rank() == MPI.COMM_WORLD.Get_rank()
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,6 +147,23 @@ def test_broadcast_object(ctx):
     assert got["rank"] == ctx.size - 1 and torch.equal(got["tensor"], torch.arange(3))
     with pytest.raises(InvalidArgumentError, match="root_rank"):
         broadcast_object(obj, root_rank=ctx.size)
+
+
+@pytest.mark.parametrize("root", [True, False, -1, 1.0, "0", None])
+def test_broadcasts_reject_a_root_rank_that_is_not_an_int(ctx, root):
+    """The same root check as hpcdl.broadcast (hpcdl.ops.check_root): a bool is refused,
+    not read as rank 0 or 1 (it was, before the check was shared)."""
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for call in (lambda: broadcast_object(1, root_rank=root),
+                 lambda: broadcast_parameters(model.state_dict(), root_rank=root),
+                 lambda: broadcast_optimizer_state(opt, root_rank=root)):
+        with pytest.raises(InvalidArgumentError, match=rf"root_rank={root!r} is not a rank"):
+            call()
+
+
+def test_broadcast_object_takes_a_numpy_integer_root(ctx):
+    assert broadcast_object(ctx.rank, root_rank=np.int64(ctx.size - 1)) == ctx.size - 1
 
 
 def test_broadcast_after_async_ops_keeps_order(ctx):

@@ -25,14 +25,14 @@ import numpy as np
 from ..buffers import Buffer, as_buffer, check_same_device, empty_like
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError
-from ..ops import ReduceOp, check_dtype, dtype_name, is_half, parse_op
-from .. import runtime, trace
+from ..ops import ReduceOp, check_dtype, check_root, dtype_name, is_half, parse_op
+from .. import trace
 from ..trace.hooks import traced
 from ..runtime import default_comm
-from .debug import _DEBUG_KEY, _ENV_DATA, OFF_VALUES, check_same_call, debug_enabled
+from .blocks import block_counts
+from .debug import check_same_call, debug_enabled
 from .handle import drain, executor_for
-from . import registry
-from .fastpath import _IN_PLACE, MISS, mpi_error, try_allreduce
+from .fastpath import MISS, try_allreduce
 from .native import native_reduce_scatter
 from .registry import resolve_allreduce, run_allreduce
 from .staging import staged
@@ -73,27 +73,8 @@ def allreduce(tensor: Any, out: Any = None, op: "str | ReduceOp" = "sum",
     The result goes into ``out`` when given, else into ``tensor`` itself.
     """
     if out is None and not async_op and type(tensor) is np.ndarray:
-        # The hottest case, inline: a blocking in-place NumPy allreduce whose plan
-        # (fastpath.py) is a cached native MPI call. Every Python call frame costs
-        # 0.1-0.2 us, 5-10% of a 4 KiB allreduce, so this stays free of calls; any
-        # other case takes try_allreduce, which builds plans and checks the rest.
-        ctx = runtime._CONTEXT
-        c = comm if comm is not None else (ctx.comm if ctx is not None else None)
-        plans = c.__dict__.get("_hpcdl_fast") if c is not None else None
-        flags = tensor.flags
-        if (plans is not None and plans[0] == registry.generation and flags.c_contiguous
-                and flags.writeable and (c.executor is None or not c.executor._pending)
-                and _ENV_DATA is not None and _ENV_DATA.get(_DEBUG_KEY) in OFF_VALUES):
-            try:
-                plan = plans[1].get((tensor.dtype, op, algorithm, tensor.nbytes))
-            except TypeError:  # unhashable op/algorithm: the general path names the error
-                plan = None
-            if plan.__class__ is tuple and plan[0] is not None:
-                try:
-                    plan[0].Allreduce(_IN_PLACE, [tensor, plan[1]], plan[2])
-                except Exception as exc:
-                    raise mpi_error(exc, c) from exc
-                return tensor
+        # The hottest case: a blocking in-place NumPy allreduce, served from a plan
+        # cached on the communicator (fastpath.py); MISS sends the rest below.
         done = try_allreduce(tensor, op, algorithm, comm)
         if done is not MISS:
             return done
@@ -139,10 +120,7 @@ def broadcast(tensor: Any, root: int = 0, comm: Communicator | None = None,
               async_op: bool = False) -> Any:
     """Copy ``tensor`` from rank ``root`` into ``tensor`` on every rank (in place)."""
     c = default_comm(comm)
-    if (not isinstance(root, (int, np.integer)) or isinstance(root, bool)
-            or not 0 <= root < c.size):
-        raise InvalidArgumentError(f"root={root!r} is not a rank of this communicator "
-                                   f"(0..{c.size - 1})", rank=c.rank, op="broadcast")
+    root = check_root(root, c.size, rank=c.rank, op_name="broadcast")
     buf = as_buffer(tensor, arg="tensor", writable=True, rank=c.rank, op="broadcast")
 
     def run() -> Any:
@@ -188,15 +166,6 @@ def staged_gather(c: Communicator, inp: Buffer, ob: Buffer) -> None:
 
     staged(c, ob, ob, work, direct=lambda: c.allgather(inp, ob), copy_in=False,
            prepare=lambda host: read_input_into(c, inp, host, c.rank * inp.size))
-
-
-def block_counts(count: int, size: int) -> list[int]:
-    """How ``reduce_scatter`` splits ``count`` elements over ``size`` ranks.
-
-    Like ``numpy.array_split``: the first ``count % size`` ranks get one extra.
-    """
-    base, extra = divmod(count, size)
-    return [base + (1 if r < extra else 0) for r in range(size)]
 
 
 def reduce_scatter(tensor: Any, out: Any = None, op: "str | ReduceOp" = "sum",

@@ -10,6 +10,7 @@ It costs one small allgather per call.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from ..comm.base import Communicator
@@ -18,27 +19,32 @@ from ..errors import MismatchError
 __all__ = ["debug_enabled", "check_same_call"]
 
 
-# Read on every collective, so it must be cheap: os.environ.get costs ~1.5 us
-# (it encodes the key and wraps a Mapping), CPython's underlying dict ~50 ns,
-# and it still sees every change made through os.environ (monkeypatch too).
-_ENV_DATA: dict | None = getattr(os.environ, "_data", None)
-try:
-    _DEBUG_KEY: Any = os.environ.encodekey("HPCDL_DEBUG")  # type: ignore[attr-defined]
-except AttributeError:
-    _ENV_DATA = None
+def _is_on(value: str | bytes | None) -> bool:
+    return value not in (None, "", "0", b"", b"0")
 
 
-#: The raw values of HPCDL_DEBUG that mean "off" (api.allreduce tests this inline).
-OFF_VALUES = (None, b"", b"0")
+# Read on every collective, so it must be cheap: os.environ.get costs ~1 us, a
+# third of a 4 KiB allreduce. The flag is read once here and then kept current
+# from the audit events (PEP 578) that os.putenv/os.unsetenv raise, which every
+# write through os.environ (monkeypatch too) goes through. The event comes before
+# os.environ's own dict is updated, so the new value is taken from its arguments.
+_enabled = _is_on(os.environ.get("HPCDL_DEBUG"))
+_KEYS = ("HPCDL_DEBUG", b"HPCDL_DEBUG")
+
+
+def _on_audit(event: str, args: tuple) -> None:
+    global _enabled
+    if event == "os.putenv" and args[0] in _KEYS:
+        _enabled = _is_on(args[1])
+    elif event == "os.unsetenv" and args[0] in _KEYS:
+        _enabled = False
+
+
+sys.addaudithook(_on_audit)
 
 
 def debug_enabled() -> bool:
-    if _ENV_DATA is None:
-        value = os.environ.get("HPCDL_DEBUG", "0")
-    else:
-        raw = _ENV_DATA.get(_DEBUG_KEY)
-        value = "0" if raw is None else os.environ.decodevalue(raw)  # type: ignore[attr-defined]
-    return value not in ("", "0")
+    return _enabled
 
 
 def _fmt(sig: dict[str, Any]) -> str:

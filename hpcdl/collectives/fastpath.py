@@ -19,13 +19,14 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import runtime, trace
-from ..errors import CommError
+from ..comm.mpi import _MPI_OPS, mpi_datatype, mpi_error
+from ..errors import InvalidArgumentError
 from ..ops import SUPPORTED_DTYPES, ReduceOp, is_half
-from . import registry
+from . import catalog, registry
 from .debug import debug_enabled
 from .native import native_allreduce
 
-__all__ = ["try_allreduce", "mpi_error", "MISS"]
+__all__ = ["try_allreduce", "MISS"]
 
 MISS = object()
 _IN_PLACE = MPI.IN_PLACE
@@ -52,22 +53,15 @@ def _make_plan(comm: Any, dtype: np.dtype, op: Any, algorithm: str, nbytes: int)
         return MISS
     if comm.size == 1 or nbytes == 0:
         return _NOTHING
-    if algorithm == "auto":
-        algorithm = registry._chooser(comm, nbytes, dtype)
-    fn = registry.ALLREDUCE.get(algorithm)
-    if fn is None:
+    try:
+        _, fn = registry.resolve_allreduce(algorithm, comm, nbytes, dtype)
+    except InvalidArgumentError:  # e.g. a chooser naming no algorithm: the general path says so
         return MISS
     mpi = getattr(comm, "mpi", None)
     if fn is native_allreduce and mpi is not None and not is_half(dtype) \
             and rop is not ReduceOp.AVG:
-        from ..comm.mpi import _MPI_OPS, mpi_datatype
-
         return (mpi, mpi_datatype(dtype), _MPI_OPS[rop], None, rop)
     return (None, None, None, fn, rop)
-
-
-def mpi_error(exc: BaseException, comm: Any) -> CommError:
-    return CommError(f"MPI error: {exc}", rank=comm.rank, size=comm.size, op="allreduce")
 
 
 def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any:
@@ -78,10 +72,7 @@ def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any
     and the MPI call (about 1 us of Python in all: see docs/benchmarks.md).
     """
     if comm is None:
-        ctx = runtime._CONTEXT
-        if ctx is None:
-            return MISS
-        comm = ctx.comm
+        comm = runtime.get_context().comm
     flags = tensor.flags
     if not (flags.c_contiguous and flags.writeable):
         return MISS
@@ -89,8 +80,8 @@ def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any
     if (executor is not None and executor._pending) or debug_enabled():
         return MISS
     plans = getattr(comm, "_hpcdl_fast", None)
-    if plans is None or plans[0] != registry.generation:
-        plans = comm._hpcdl_fast = (registry.generation, {})
+    if plans is None or plans[0] != catalog.generation:
+        plans = comm._hpcdl_fast = (catalog.generation, {})
     key = (tensor.dtype, op, algorithm, tensor.nbytes)
     try:
         plan = plans[1].get(key)
@@ -111,7 +102,7 @@ def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any
         try:
             mpi.Allreduce(_IN_PLACE, [tensor, datatype], mpi_op)
         except Exception as exc:  # an MPI error: report it like the general path does
-            raise mpi_error(exc, comm) from exc
+            raise mpi_error(exc, comm, "allreduce") from exc
         return tensor
     registry.run_allreduce(comm, fn, tensor.reshape(-1), rop)
     return tensor

@@ -39,7 +39,10 @@ import numpy as np
 
 from ..comm.base import Communicator
 from ..ops import ReduceOp
-from .ring import CHUNK_BYTES, block_bounds, ring_allgather, ring_reduce_scatter
+from .blocks import CHUNK_BYTES, block_bounds
+from .catalog import ALLREDUCE
+from .ring import ring_allgather, ring_reduce_scatter
+from .select import choose_flat
 
 __all__ = ["NodeComms", "node_comms", "hierarchical_allreduce", "hierarchical_allreduce_nodes"]
 
@@ -73,23 +76,13 @@ def _node_index(comm: Communicator) -> int:
 def node_comms(comm: Communicator) -> NodeComms:
     """The node layout of ``comm`` (collective on first use, cached on ``comm``)."""
     nodes: NodeComms | None = getattr(comm, "_hpcdl_nodes", None)
-    if nodes is None:
-        from ..runtime import _CONTEXT  # the default communicator knows its layout already
-
-        if _CONTEXT is not None and comm is _CONTEXT.comm:
-            sizes = comm.allgather_object(_CONTEXT.local_size)
-            nodes = NodeComms(_CONTEXT.local_comm, _CONTEXT.cross_comm, len(set(sizes)) == 1)
-        else:
-            nodes = NodeComms.build(comm, _node_index(comm))
-        comm._hpcdl_nodes = nodes  # type: ignore[attr-defined]
+    if nodes is None:  # hpcdl.init() gives the default communicator its layout
+        nodes = comm._hpcdl_nodes = NodeComms.build(comm, _node_index(comm))
     return nodes
 
 
 def _flat(comm: Communicator, buf: np.ndarray, op: ReduceOp) -> None:
     """Allreduce over one level with the best flat algorithm for this size."""
-    from .registry import ALLREDUCE
-    from .select import choose_flat
-
     ALLREDUCE[choose_flat(comm, buf.nbytes, buf.dtype)](comm, buf, op)
 
 

@@ -13,42 +13,27 @@ Built in: ``native`` (the MPI library's own), ``ring`` (bandwidth-optimal),
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError
 from ..ops import ReduceOp, finish_avg
+from .catalog import ALLREDUCE, AllreduceFn, invalidate_plans
 from .hierarchical import hierarchical_allreduce
 from .native import native_allreduce, native_allreduce_avg
-from .chunked import chunked_allreduce
-from .ring import ring_allreduce
 from .select import choose
-from .tree import tree_allreduce
 
 __all__ = ["run_allreduce", "AllreduceFn", "ALLREDUCE", "register_allreduce", "resolve_allreduce",
-           "algorithm_names", "set_chooser", "get_chooser"]
+           "algorithm_names", "set_chooser", "invalidate_plans", "chooser_is_static"]
 
-AllreduceFn = Callable[[Communicator, np.ndarray, ReduceOp], None]
 Chooser = Callable[[Communicator, int, np.dtype], str]
 
-ALLREDUCE: dict[str, AllreduceFn] = {"native": native_allreduce, "ring": ring_allreduce,
-                                     "tree": tree_allreduce, "chunked": chunked_allreduce,
-                                     "hierarchical": hierarchical_allreduce}
+ALLREDUCE["hierarchical"] = hierarchical_allreduce  # the flat ones are in catalog.py
 
 # choose(comm, nbytes, dtype) -> name of a registered algorithm
 _chooser: Chooser = choose
-
-#: Bumped whenever what ``auto`` or a name resolves to may change (a new
-#: algorithm, chooser or tuning table): cached fast-path plans then expire.
-generation = 0
-
-
-def invalidate_plans() -> None:
-    global generation
-    generation += 1
-
 
 def chooser_is_static() -> bool:
     """True while ``auto`` is the table-driven chooser, whose answer for a given
@@ -69,10 +54,6 @@ def set_chooser(fn: Chooser) -> None:
     global _chooser
     _chooser = fn
     invalidate_plans()
-
-
-def get_chooser() -> Chooser:
-    return _chooser
 
 
 def algorithm_names() -> list[str]:

@@ -25,29 +25,17 @@ import numpy as np
 
 from ..comm.base import Communicator, internal_tag
 from ..ops import ReduceOp, reduce_into
+from .blocks import CHUNK_BYTES, block_bounds
 from .scratch import scratch
 
 __all__ = ["ring_allreduce", "ring_reduce_scatter", "ring_allgather", "block_bounds",
            "CHUNK_BYTES"]
-
-#: Chunk size of the pipeline. Large enough that the per-message Python cost
-#: (~10 us) stays small against the transfer, small enough to overlap.
-CHUNK_BYTES = 1 << 20
 
 # One reserved tag per phase (comm/base.py): chunks between two neighbours are
 # matched in the order they were sent and the receives posted (MPI's
 # non-overtaking rule), so the tag need not tell them apart.
 _TAG_RS = 0   # reduce-scatter: internal_tag(comm, 0)
 _TAG_AG = 1   # allgather
-
-
-def block_bounds(count: int, n: int) -> list[int]:
-    """``n + 1`` offsets of the ``n`` blocks (like ``numpy.array_split``)."""
-    base, extra = divmod(count, n)
-    bounds = [0]
-    for r in range(n):
-        bounds.append(bounds[-1] + base + (1 if r < extra else 0))
-    return bounds
 
 
 def _chunks(lo: int, hi: int, step: int) -> list[tuple[int, int]]:

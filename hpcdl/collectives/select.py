@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..ops import is_half
+from .catalog import ALLREDUCE, invalidate_plans
 
 __all__ = ["choose", "choose_flat", "table_path", "load_table", "reload", "validate_table",
            "DEFAULT_TABLE", "user_table_path"]
@@ -71,8 +72,6 @@ def validate_table(table: Any, where: str) -> dict[str, Any]:
 
     if not isinstance(table, dict) or not isinstance(table.get("rules"), dict):
         raise bad("expected an object with a 'rules' object")
-    from .registry import ALLREDUCE
-
     for kind, per_size in table["rules"].items():
         if kind not in ("float", "half") or not isinstance(per_size, dict) or not per_size:
             raise bad(f"rules[{kind!r}] must be 'float' or 'half' mapping rank counts to rules")
@@ -113,9 +112,7 @@ def reload() -> None:
     global _table
     _table = None
     _rules.clear()
-    from . import registry  # registry imports this module: import late
-
-    registry.invalidate_plans()
+    invalidate_plans()
 
 
 def _compile(size: int, half: bool) -> tuple[list[int], list[str]]:

@@ -17,7 +17,8 @@ import numpy as np
 
 from ..ops import ReduceOp
 
-__all__ = ["Communicator", "Request", "internal_tag", "GUARANTEED_TAG_UB", "RESERVED_TAGS"]
+__all__ = ["Communicator", "CommState", "Request", "internal_tag", "GUARANTEED_TAG_UB",
+           "RESERVED_TAGS"]
 
 #: The largest tag every MPI must accept (the standard guarantees ``MPI_TAG_UB >= 32767``).
 GUARANTEED_TAG_UB = 32767
@@ -31,6 +32,28 @@ def internal_tag(comm: Any, k: int) -> int:
     """hpcdl's ``k``-th reserved tag on ``comm`` (``0 <= k < RESERVED_TAGS``), within its TAG_UB."""
     assert 0 <= k < RESERVED_TAGS
     return int(getattr(comm, "tag_ub", GUARANTEED_TAG_UB)) - k
+
+
+class CommState:
+    """What hpcdl keeps on a communicator, declared in one place.
+
+    Each attribute belongs to one module, which alone sets it; the class-level
+    ``None``/``False`` mean "not made yet" (each is per communicator: splits
+    start afresh, except ``cuda_aware``, which a split copies from its parent).
+    """
+
+    #: collectives/handle.py: the async progress thread, made on the first ``async_op``
+    executor: Any = None
+    #: runtime.init() from its probe: MPI takes device pointers on this communicator
+    cuda_aware: bool = False
+    #: collectives/fastpath.py: ``(generation, {(dtype, op, algorithm, nbytes): plan})``
+    _hpcdl_fast: tuple[int, dict] | None = None
+    #: collectives/scratch.py: reusable host arrays by slot name
+    _hpcdl_scratch: dict[str, np.ndarray] | None = None
+    #: collectives/hierarchical.py (runtime.init() for the default communicator): node layout
+    _hpcdl_nodes: Any = None
+    #: collectives/staging.py: ``{(backend, device): (d2h stream, h2d stream)}``
+    _staging_streams: dict[Any, tuple[Any, Any]] | None = None
 
 
 @runtime_checkable
@@ -69,4 +92,3 @@ class Communicator(Protocol):
 
     # groups
     def split(self, color: int, key: int, *, name: str | None = None) -> "Communicator": ...
-    def abort(self, code: int = 1) -> None: ...

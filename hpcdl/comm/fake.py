@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import CommError
-from .base import GUARANTEED_TAG_UB
+from .base import GUARANTEED_TAG_UB, CommState
 from ..ops import ReduceOp, reduce_into
 
 __all__ = ["FakeCommunicator", "run_ranks"]
@@ -65,14 +65,13 @@ class _PendingRecv:
         return self.done
 
 
-class FakeCommunicator:
+class FakeCommunicator(CommState):
     def __init__(self, world: _World, rank: int) -> None:
         self.world = world
         self.rank = rank
         self.size = world.size
         self._nsplits = 0
         self._named: dict[str, "FakeCommunicator"] = {}
-        self.executor: Any = None
         self.tag_ub = GUARANTEED_TAG_UB  # the least any MPI offers: what code may rely on
 
     def __repr__(self) -> str:
@@ -182,10 +181,6 @@ class FakeCommunicator:
         if name is not None:
             self._named[name] = comm
         return comm
-
-    def abort(self, code: int = 1) -> None:
-        self.world.barrier.abort()
-        raise self._fail("abort", f"abort({code}) called")
 
 
 def run_ranks(size: int, fn: Callable[[FakeCommunicator], Any], timeout: float = 30.0) -> list[Any]:

@@ -16,8 +16,9 @@ from .. import trace
 from ..buffers import Buffer
 from ..errors import CommError, DtypeError
 from ..ops import ReduceOp, dtype_name
+from .base import CommState
 
-__all__ = ["MPICommunicator", "mpi_datatype"]
+__all__ = ["MPICommunicator", "mpi_datatype", "mpi_error"]
 
 _MPI_TYPES = {np.dtype(np.float64): MPI.DOUBLE, np.dtype(np.float32): MPI.FLOAT,
               np.dtype(np.int32): MPI.INT32_T, np.dtype(np.int64): MPI.INT64_T}
@@ -62,6 +63,13 @@ def _nbytes(args: tuple) -> int:
     return int(getattr(first, "nbytes", 0) or 0)
 
 
+def mpi_error(exc: BaseException, comm: Any, op: str) -> CommError:
+    """MPI's failure ``exc`` in ``op`` on ``comm`` as a CommError: rank, operation and MPI's
+    own error string (the one conversion every MPI call of hpcdl goes through)."""
+    text = exc.Get_error_string() if isinstance(exc, MPI.Exception) else str(exc)
+    return CommError(f"MPI error: {text}", rank=comm.rank, size=comm.size, op=op)
+
+
 def _mpi_errors(name: str) -> Callable[[F], F]:
     def deco(fn: F) -> F:
         @functools.wraps(fn)
@@ -70,8 +78,7 @@ def _mpi_errors(name: str) -> Callable[[F], F]:
             try:
                 return fn(self, *args, **kwargs)
             except MPI.Exception as exc:
-                raise CommError(f"MPI error: {exc.Get_error_string()}", rank=self.rank,
-                                size=self.size, op=name) from exc
+                raise mpi_error(exc, self, name) from exc
             finally:
                 if t0:
                     trace.record(name, "mpi", t0, trace.now(), bytes=_nbytes(args))
@@ -90,14 +97,13 @@ class _MPIRequest:
         try:
             self.req.Wait()
         except MPI.Exception as exc:
-            raise CommError(f"MPI error: {exc.Get_error_string()}", rank=self.comm.rank,
-                            size=self.comm.size, op="wait") from exc
+            raise mpi_error(exc, self.comm, "wait") from exc
 
     def test(self) -> bool:
         return bool(self.req.Test())
 
 
-class MPICommunicator:
+class MPICommunicator(CommState):
     """hpcdl's view of an mpi4py communicator (usually a Dup of COMM_WORLD)."""
 
     def __init__(self, comm: MPI.Comm) -> None:
@@ -107,8 +113,6 @@ class MPICommunicator:
         self._splits: dict[str, "MPICommunicator"] = {}
         # MPI attaches TAG_UB to COMM_WORLD; it holds for every communicator of the job
         self.tag_ub = int(MPI.COMM_WORLD.Get_attr(MPI.TAG_UB))
-        self.executor: Any = None  # the async progress thread, created on first async_op
-        self.cuda_aware = False    # set by hpcdl.init() from the probe; inherited by splits
 
     def __repr__(self) -> str:
         return f"MPICommunicator(rank={self.rank}, size={self.size})"
@@ -189,9 +193,6 @@ class MPICommunicator:
         if name is not None:
             self._splits[name] = sub
         return sub
-
-    def abort(self, code: int = 1) -> None:
-        self.mpi.Abort(code)
 
     def check_thread_support(self) -> None:
         """Raise unless MPI lets a second thread call it (hpcdl's async progress thread).

@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import DtypeError, InvalidArgumentError
 from ..kernels import reference
 from ..kernels.layout import DEFAULT_CHUNK_ELEMS, DTYPE_CODES, FusionLayout, check_chunk_elems
+from ..ops import TORCH_DTYPES
 
 __all__ = ["FP16Compressor", "FP16Context"]
 
@@ -59,8 +60,7 @@ def _kind(t: Any) -> str:
 def _kernels_usable(t: Any, kind: str) -> bool:
     """The CUDA kernels apply: device memory, a kernel dtype, and a usable CuPy."""
     if kind == "torch":
-        if t.device.type != "cuda" or str(t.dtype) not in ("torch.float32", "torch.float16",
-                                                           "torch.bfloat16"):
+        if t.device.type != "cuda" or TORCH_DTYPES.get(str(t.dtype)) not in DTYPE_CODES:
             return False
     elif kind != "cupy" or np.dtype(t.dtype) not in DTYPE_CODES:
         return False

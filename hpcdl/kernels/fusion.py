@@ -21,7 +21,7 @@ import numpy as np
 
 from ..buffers import as_buffer
 from ..errors import DeviceMismatchError, DtypeError, InvalidArgumentError
-from ..ops import ReduceOp, dtype_name, parse_op
+from ..ops import KERNEL_DTYPES, TORCH_DTYPES, ReduceOp, dtype_name, parse_op
 from . import CTYPES, REDUCE_OPS, get_kernel
 from .layout import DEFAULT_CHUNK_ELEMS, DTYPE_CODES, FusionLayout, make_layout
 
@@ -29,7 +29,6 @@ __all__ = ["MultiTensor", "multi_tensor", "pack", "unpack", "chunk_absmax", "qua
            "dequantize_fp16", "reduce_into", "THREADS"]
 
 THREADS = 256
-_TORCH = {"torch.float32": np.dtype(np.float32), "torch.float16": np.dtype(np.float16)}
 _LRU_SIZE = 64
 
 
@@ -38,16 +37,11 @@ def _p(ptr: int) -> np.uint64:
 
 
 def _torch_dtype(t: Any) -> np.dtype:
-    from ..ops import bfloat16
-
-    name = str(t.dtype)
-    if name == "torch.bfloat16":
-        return bfloat16
-    try:
-        return _TORCH[name]
-    except KeyError:
-        raise DtypeError(f"{name} is not a kernel dtype (float32, float16, bfloat16)",
-                         op="kernels") from None
+    dtype = TORCH_DTYPES.get(str(t.dtype))
+    if dtype not in DTYPE_CODES:
+        raise DtypeError(f"{t.dtype} is not a kernel dtype ({', '.join(KERNEL_DTYPES)})",
+                         op="kernels")
+    return dtype
 
 
 def describe(arrays: Sequence[Any], op: str) -> tuple[list[int], list[int], list[np.dtype], int, int | None]:

@@ -21,14 +21,14 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DtypeError, InvalidArgumentError
-from ..ops import bfloat16, dtype_name
+from ..ops import KERNEL_DTYPES, SUPPORTED_DTYPES, dtype_name
 
 __all__ = ["DTYPE_CODES", "TENSOR_DESC", "CHUNK_DESC", "DEFAULT_CHUNK_ELEMS", "FusionLayout",
            "make_layout", "check_chunk_elems"]
 
 #: dtypes the kernels read and write, by their code in common.cuh
-DTYPE_CODES: dict[np.dtype, int] = {np.dtype(np.float32): 0, np.dtype(np.float16): 1,
-                                    bfloat16: 2}
+DTYPE_CODES: dict[np.dtype, int] = {SUPPORTED_DTYPES[name]: code
+                                    for code, name in enumerate(KERNEL_DTYPES)}
 TENSOR_DESC = np.dtype([("ptr", "<u8"), ("offset", "<i8"), ("numel", "<i8"), ("dtype", "<i4"),
                         ("pad", "<i4")])
 CHUNK_DESC = np.dtype([("tensor", "<i4"), ("chunk", "<i4")])

@@ -42,11 +42,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..collectives.blocks import CHUNK_BYTES
+
 __all__ = ["Params", "ALGORITHMS", "FLAT", "CHUNK_BYTES", "coefficients", "cost",
            "cluster_cost"]
 
-#: Pipeline / piece size of ``ring`` and ``chunked`` (hpcdl.collectives.ring.CHUNK_BYTES).
-CHUNK_BYTES = 1 << 20
+# CHUNK_BYTES: the pipeline / piece size of ``ring`` and ``chunked``, re-exported.
 FLAT = ("native", "chunked", "ring", "tree")
 ALGORITHMS = FLAT + ("hierarchical",)
 

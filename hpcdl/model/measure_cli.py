@@ -12,7 +12,8 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..tune import _in_job, powers_of_4, run_at_ranks
+    from ..runtime import under_launcher
+    from ..tune import powers_of_4, run_at_ranks
     from .measure import measure_here, merge_run, user_measurements_path
 
     p = argparse.ArgumentParser(prog="hpcdl model measure", description=__doc__)
@@ -23,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--budget", type=float, default=0.05, help="seconds per timed case")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if not _in_job():
+    if not under_launcher():
         rc = run_at_ranks("hpcdl model measure", "hpcdl.model.measure_cli", args.ranks,
                           ["--out", str(args.out), "--sizes", ",".join(map(str, args.sizes)),
                            "--rounds", str(args.rounds), "--budget", str(args.budget)])

@@ -22,18 +22,17 @@ from ..collectives import broadcast
 from ..collectives.handle import drain
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError
+from ..ops import check_root, torch_dtypes
 from ..runtime import default_comm
 
 __all__ = ["broadcast_parameters", "broadcast_optimizer_state", "broadcast_object"]
 
-_FUSABLE = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int32, torch.int64)
+_FUSABLE = torch_dtypes()  # hpcdl's own dtypes: fused into one broadcast per dtype
 
 
 
 def _check_root(c: Communicator, root_rank: int, op: str) -> None:
-    if not isinstance(root_rank, int) or not 0 <= root_rank < c.size:
-        raise InvalidArgumentError(f"root_rank={root_rank!r} is not a rank of this "
-                                   f"communicator (0..{c.size - 1})", rank=c.rank, op=op)
+    check_root(root_rank, c.size, rank=c.rank, op_name=op, arg="root_rank")
 
 
 def broadcast_object(obj: Any, root_rank: int = 0, comm: Communicator | None = None) -> Any:

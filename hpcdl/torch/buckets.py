@@ -27,6 +27,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..ops import KERNEL_DTYPES, torch_dtypes
+
 __all__ = ["Bucket", "build_buckets", "layout_signature", "pack", "unpack"]
 
 
@@ -107,7 +109,7 @@ def _gpu_kernels() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
 
 
 _KERNELS: Any = "unprobed"
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_KERNEL_DTYPES = torch_dtypes(KERNEL_DTYPES)
 
 
 def kernels_for(bucket: Bucket, tensors: Sequence[torch.Tensor | None]) \

@@ -2,7 +2,7 @@
 
 Every hpcdl collective and point-to-point call ends in a method of the mpi4py
 communicator an :class:`~hpcdl.comm.mpi.MPICommunicator` holds (``comm.mpi``),
-including the inlined fast path of ``hpcdl.allreduce`` (its cached plan holds
+including the fast path of ``hpcdl.allreduce`` (its cached plan holds
 that same object). With the watchdog on, ``hpcdl.init()`` wraps its ``Dup`` of
 ``COMM_WORLD`` in :class:`WatchedComm`; ``Split``/``Split_type``/``Dup`` of a
 watched communicator return watched ones, so node, cross-node and

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 
 from ...errors import DtypeError, MismatchError
+from ...ops import torch_dtypes
 
 __all__ = ["agree", "wire_dtype", "describe"]
 
 # dtypes hpcdl's collectives carry as they are; others travel widened and come back.
-_NATIVE = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int32,
-           torch.int64)
+_NATIVE = torch_dtypes()
 _WIDEN = {torch.uint8: torch.int32, torch.int8: torch.int32, torch.int16: torch.int32,
           torch.bool: torch.int32}
 

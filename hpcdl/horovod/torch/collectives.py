@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from ... import collectives
+from ...collectives.blocks import block_bounds
 from ...collectives.handle import drain
 from ...errors import InvalidArgumentError
+from ...ops import check_root
 from .agree import agree, describe, wire_dtype
 from .compression import Compression
 from .handles import register, synchronize
@@ -67,9 +69,8 @@ def _broadcast_start(tensor: torch.Tensor, output: torch.Tensor | None, root_ran
     where = _label(where, name)
     ps = resolve(process_set, where)
     wire = wire_dtype(tensor, where, ps)
-    if not isinstance(root_rank, int) or not 0 <= root_rank < ps.comm.size:
-        raise InvalidArgumentError(f"root_rank={root_rank!r} is not a rank of the process set "
-                                   f"(0..{ps.comm.size - 1})", rank=ps.comm.rank, op=where)
+    root_rank = check_root(root_rank, ps.comm.size, rank=ps.comm.rank, op_name=where,
+                           arg="root_rank", group="the process set")
     shape, dtype = describe(tensor)
     agree(ps, where, {"shape": list(shape), "dtype": dtype, "root_rank": root_rank},
           ("root_rank", "shape", "dtype"))
@@ -182,9 +183,8 @@ def reducescatter_async(tensor: torch.Tensor, name: str | None = None, op: int =
         raise InvalidArgumentError("reducescatter needs a tensor of at least one dimension",
                                    rank=ps.comm.rank, op=where)
     size, rank, rows = ps.comm.size, ps.comm.rank, tensor.shape[0]
-    base, extra = divmod(rows, size)
-    start = rank * base + min(rank, extra)
-    mine = base + (1 if rank < extra else 0)
+    bounds = block_bounds(rows, size)
+    start, mine = bounds[rank], bounds[rank + 1] - bounds[rank]
     # The whole reduction, then this rank's rows: Horovod's row split is not
     # hpcdl.reduce_scatter's element split unless dim 0 divides evenly.
     inner, finish_all = _start(tensor, None, name, op, prescale_factor, postscale_factor, ps,

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from mpi4py import MPI
 
 from ...errors import DtypeError, InvalidArgumentError
-from ...ops import ReduceOp
+from ...ops import ReduceOp, torch_dtypes
 
 __all__ = ["torch_op", "hpcdl_op", "mpi_op", "mpi_type", "host_bytes", "host_array",
            "dense", "write_back", "on_dense", "check_tensor", "HPCDL_DTYPES"]
@@ -26,8 +26,7 @@ __all__ = ["torch_op", "hpcdl_op", "mpi_op", "mpi_type", "host_bytes", "host_arr
 _RED = dist.ReduceOp.RedOpType
 
 #: torch dtypes hpcdl's collectives accept (its SUPPORTED_DTYPES, spelled for torch).
-HPCDL_DTYPES = {torch.float64, torch.float32, torch.float16, torch.bfloat16,
-                torch.int32, torch.int64}
+HPCDL_DTYPES = frozenset(torch_dtypes())
 
 _HPCDL_OPS = {_RED.SUM: ReduceOp.SUM, _RED.AVG: ReduceOp.AVG, _RED.MIN: ReduceOp.MIN,
               _RED.MAX: ReduceOp.MAX, _RED.PRODUCT: ReduceOp.PROD,
