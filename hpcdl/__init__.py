@@ -10,6 +10,7 @@ collective).
 
 from .collectives import (Handle, algorithm_names, allgather, allreduce, barrier, broadcast,
                           partial_allreduce, reduce_scatter)
+from .collectives.debug import set_debug
 from .errors import (CommError, ContiguityError, DeviceMismatchError, DtypeError, HpcdlError,
                      InvalidArgumentError, MismatchError)
 from .groups import subgroup
@@ -23,7 +24,7 @@ __all__ = [
     "init", "get_context", "is_initialized", "Context",
     "allreduce", "broadcast", "allgather", "reduce_scatter", "barrier", "Handle",
     "partial_allreduce", "PReduce", "preduce", "preduce_close",
-    "algorithm_names", "subgroup", "ReduceOp",
+    "algorithm_names", "subgroup", "ReduceOp", "set_debug",
     "HpcdlError", "InvalidArgumentError", "DtypeError", "ContiguityError",
     "DeviceMismatchError", "MismatchError", "CommError",
     "__version__",

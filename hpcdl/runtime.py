@@ -290,6 +290,9 @@ def init(comm: Any = None, timeout: float | None = None, *,
         if comm is None:
             _abort_on_uncaught(rank, size, MPI.COMM_WORLD)
             _CONTEXT = ctx
+            from .collectives.debug import set_debug
+
+            set_debug(None)   # HPCDL_DEBUG as it is now (it may have been set after import)
             directory = trace or env.get("HPCDL_TRACE")
             if directory:
                 from . import trace as tracing

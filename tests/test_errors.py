@@ -190,26 +190,38 @@ def test_mpi_errors_become_comm_errors(ctx):
 
 # --- HPCDL_DEBUG=1 ------------------------------------------------------------------
 
-def test_debug_switch_follows_os_environ_at_once(ctx, monkeypatch):
-    """The flag is cached (os.environ.get would cost ~1 us a call) but every change
-    made through os.environ counts from the next call, after a cached fast-path plan too."""
+@pytest.fixture
+def debug_on():
+    """The cross-rank check on for one test (every rank runs the same tests), then off."""
+    hpcdl.set_debug(True)
+    yield
+    hpcdl.set_debug(False)
+
+
+def test_debug_switch(ctx, monkeypatch):
+    """HPCDL_DEBUG is read at start (a module flag: os.environ.get would cost ~1 us a
+    call); set_debug switches it, after a cached fast-path plan too."""
     from hpcdl.collectives.debug import debug_enabled
 
     hpcdl.allreduce(np.ones(7))  # caches the fast-path plan for this call
-    monkeypatch.delenv("HPCDL_DEBUG", raising=False)
-    assert not debug_enabled()
-    for value, on in (("1", True), ("0", False), ("yes", True), ("", False), ("1", True)):
+    for value, on in (("1", True), ("0", False), ("yes", True), ("", False)):
         monkeypatch.setenv("HPCDL_DEBUG", value)
-        assert debug_enabled() is on, value
-    x = np.ones(7)
-    hpcdl.allreduce(x)  # now through the checked path: the same answer
-    np.testing.assert_array_equal(x, np.full(7, float(ctx.size)))
+        assert hpcdl.set_debug() is on and debug_enabled() is on, value
     monkeypatch.delenv("HPCDL_DEBUG")
+    assert hpcdl.set_debug() is False
+    assert hpcdl.set_debug(True) is True and debug_enabled()
+    try:
+        x = np.ones(7)
+        hpcdl.allreduce(x)  # now through the checked path: the same answer
+        np.testing.assert_array_equal(x, np.full(7, float(ctx.size)))
+    finally:
+        hpcdl.set_debug(False)
     assert not debug_enabled()
+    with pytest.raises(TypeError, match="True, False or None"):
+        hpcdl.set_debug("1")
 
 
-def test_debug_mode_passes_matching_calls(ctx, monkeypatch):
-    monkeypatch.setenv("HPCDL_DEBUG", "1")
+def test_debug_mode_passes_matching_calls(ctx, debug_on):
     x = np.ones(5, np.float32)
     hpcdl.allreduce(x, op="sum")
     hpcdl.broadcast(x, root=0)
@@ -232,9 +244,8 @@ def _mismatch(ctx, call):
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("odd", [1, 0])
-def test_debug_mode_names_the_rank_that_differs(ctx, monkeypatch, odd):
+def test_debug_mode_names_the_rank_that_differs(ctx, debug_on, odd):
     """Rank ``odd`` passes different arguments; every rank raises naming it."""
-    monkeypatch.setenv("HPCDL_DEBUG", "1")
     me = ctx.rank == odd
     cases = {
         "shape": lambda: hpcdl.allreduce(np.ones(6 if me else 5, np.float32)),

@@ -10,37 +10,35 @@ It costs one small allgather per call.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 from ..comm.base import Communicator
 from ..errors import MismatchError
 
-__all__ = ["debug_enabled", "check_same_call"]
+__all__ = ["check_same_call", "debug_enabled", "set_debug"]
 
 
-def _is_on(value: str | bytes | None) -> bool:
-    return value not in (None, "", "0", b"", b"0")
+def _is_on(value: str | None) -> bool:
+    return value not in (None, "", "0")
 
 
-# Read on every collective, so it must be cheap: os.environ.get costs ~1 us, a
-# third of a 4 KiB allreduce. The flag is read once here and then kept current
-# from the audit events (PEP 578) that os.putenv/os.unsetenv raise, which every
-# write through os.environ (monkeypatch too) goes through. The event comes before
-# os.environ's own dict is updated, so the new value is taken from its arguments.
+# Read on every collective, so it is a module flag: os.environ.get costs ~1 us, a
+# third of a 4 KiB allreduce. Like NCCL_DEBUG or TORCH_DISTRIBUTED_DEBUG, the
+# variable is read when hpcdl starts (import and init()); set_debug() switches it
+# while the job runs.
 _enabled = _is_on(os.environ.get("HPCDL_DEBUG"))
-_KEYS = ("HPCDL_DEBUG", b"HPCDL_DEBUG")
 
 
-def _on_audit(event: str, args: tuple) -> None:
+def set_debug(on: bool | None = None) -> bool:
+    """Switch the cross-rank check on or off for the collectives that follow; ``None``
+    reads ``HPCDL_DEBUG`` again. Call it on every rank at the same point, as a
+    collective: a rank that checks while another does not waits in the check's
+    allgather. Returns the new setting."""
     global _enabled
-    if event == "os.putenv" and args[0] in _KEYS:
-        _enabled = _is_on(args[1])
-    elif event == "os.unsetenv" and args[0] in _KEYS:
-        _enabled = False
-
-
-sys.addaudithook(_on_audit)
+    if on is not None and not isinstance(on, bool):
+        raise TypeError(f"set_debug(on={on!r}): use True, False or None")
+    _enabled = _is_on(os.environ.get("HPCDL_DEBUG")) if on is None else on
+    return _enabled
 
 
 def debug_enabled() -> bool:
