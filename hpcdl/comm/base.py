@@ -17,7 +17,8 @@ import numpy as np
 
 from ..ops import ReduceOp
 
-__all__ = ["Communicator", "Request", "internal_tag", "GUARANTEED_TAG_UB", "RESERVED_TAGS"]
+__all__ = ["Communicator", "Request", "internal_tag", "GUARANTEED_TAG_UB", "RESERVED_TAGS",
+           "UNDEFINED"]
 
 #: The largest tag every MPI must accept (the standard guarantees ``MPI_TAG_UB >= 32767``).
 GUARANTEED_TAG_UB = 32767
@@ -25,6 +26,10 @@ GUARANTEED_TAG_UB = 32767
 #: tag_ub``; users have every tag below. One tag per phase is enough: MPI's
 #: non-overtaking rule matches messages between two ranks on one tag in order.
 RESERVED_TAGS = 8
+#: The ``split`` color of a rank that joins no new communicator (it gets ``None``): the
+#: role of ``MPI_UNDEFINED``. Its value is Open MPI's; the MPI backend passes the
+#: library's own ``MPI.UNDEFINED`` (MPICH's differs), so this module needs no mpi4py.
+UNDEFINED = -32766
 
 
 def internal_tag(comm: Any, k: int) -> int:
@@ -67,6 +72,7 @@ class Communicator(Protocol):
     def allgather_object(self, obj: Any) -> list[Any]: ...
     def bcast_object(self, obj: Any, root: int = 0) -> Any: ...
 
-    # groups
-    def split(self, color: int, key: int, *, name: str | None = None) -> "Communicator": ...
+    # groups: ranks with ``color == UNDEFINED`` take part in the collective and get None
+    def split(self, color: int, key: int, *,
+              name: str | None = None) -> "Communicator | None": ...
     def abort(self, code: int = 1) -> None: ...
