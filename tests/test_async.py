@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import hpcdl
-from conftest import FakeCudaArray
+from conftest import FakeCudaArray, group_params, on_group
 from hpcdl.collectives import registry
-from hpcdl.comm import run_ranks
+from hpcdl.comm import FakeCommunicator, run_ranks
 from numpy_reference import Failures, all_inputs, close, reduce_reference
 
 
@@ -153,39 +153,45 @@ def test_wait_timeout_names_the_operation():
 
 # --- subgroups -----------------------------------------------------------------
 
-def test_subgroups(ctx):
-    f = Failures()
-    evens = list(range(0, ctx.size, 2))
-    odds = list(range(1, ctx.size, 2))
-    backwards = list(reversed(range(ctx.size)))
-    ge = hpcdl.subgroup(evens)
-    go = hpcdl.subgroup(odds)
-    gb = hpcdl.subgroup(backwards)
-    again = hpcdl.subgroup(evens)
-    f.expect("cached", again is ge)
-    mine = ge if ctx.rank % 2 == 0 else go
-    f.expect("membership", (ge is None) == (ctx.rank % 2 == 1) and (go is None) == (ctx.rank % 2 == 0))
-    group = evens if ctx.rank % 2 == 0 else odds
-    f.expect("rank in subgroup", mine.rank == group.index(ctx.rank) and mine.size == len(group))
-    f.expect("backwards rank", gb.rank == ctx.size - 1 - ctx.rank)
+@pytest.mark.parametrize("group", group_params((3, 4)))
+def test_subgroups(group):
+    def body(c):
+        f = Failures()
+        evens = list(range(0, c.size, 2))
+        odds = list(range(1, c.size, 2))
+        backwards = list(reversed(range(c.size)))
+        ge = hpcdl.subgroup(evens, comm=c)
+        go = hpcdl.subgroup(odds, comm=c)
+        gb = hpcdl.subgroup(backwards, comm=c)
+        again = hpcdl.subgroup(evens, comm=c)
+        f.expect("cached", again is ge)
+        mine = ge if c.rank % 2 == 0 else go
+        f.expect("membership", (ge is None) == (c.rank % 2 == 1) and (go is None) == (c.rank % 2 == 0))
+        group = evens if c.rank % 2 == 0 else odds
+        f.expect("rank in subgroup", mine.rank == group.index(c.rank) and mine.size == len(group))
+        f.expect("backwards rank", gb.rank == c.size - 1 - c.rank)
 
-    x = np.full(7, float(ctx.rank))
-    hpcdl.allreduce(x, comm=mine)
-    f.check("allreduce over my parity", lambda: np.testing.assert_array_equal(x, np.full(7, sum(group))))
-    b = np.full(3, float(ctx.rank))
-    hpcdl.broadcast(b, root=0, comm=gb)  # root 0 of the backwards group is the last rank
-    f.check("broadcast root 0 = world's last", lambda: np.testing.assert_array_equal(b, np.full(3, ctx.size - 1.0)))
-    g = hpcdl.allgather(np.array([ctx.rank], np.int64), comm=gb)
-    f.check("allgather order follows the group", lambda: np.testing.assert_array_equal(g.reshape(-1), backwards))
-    h = hpcdl.allreduce(np.ones(5, np.float32), op="avg", comm=mine, async_op=True)
-    rs = hpcdl.reduce_scatter(np.arange(10, dtype=np.float64), comm=gb)
-    f.check("async on a subgroup", lambda: np.testing.assert_array_equal(h.wait(), np.ones(5)))
-    counts = hpcdl.collectives.block_counts(10, ctx.size)
-    start = sum(counts[:gb.rank])
-    f.check("reduce_scatter on a subgroup", lambda: np.testing.assert_array_equal(
-        rs, ctx.size * np.arange(10.0)[start:start + counts[gb.rank]]))
-    hpcdl.barrier(comm=mine)
-    f.assert_none()
+        x = np.full(7, float(c.rank))
+        hpcdl.allreduce(x, comm=mine)
+        f.check("allreduce over my parity", lambda: np.testing.assert_array_equal(x, np.full(7, sum(group))))
+        b = np.full(3, float(c.rank))
+        hpcdl.broadcast(b, root=0, comm=gb)  # root 0 of the backwards group is the last rank
+        f.check("broadcast root 0 = world's last", lambda: np.testing.assert_array_equal(b, np.full(3, c.size - 1.0)))
+        g = hpcdl.allgather(np.array([c.rank], np.int64), comm=gb)
+        f.check("allgather order follows the group", lambda: np.testing.assert_array_equal(g.reshape(-1), backwards))
+        h = hpcdl.allreduce(np.ones(5, np.float32), op="avg", comm=mine, async_op=True)
+        rs = hpcdl.reduce_scatter(np.arange(10, dtype=np.float64), comm=gb)
+        f.check("async on a subgroup", lambda: np.testing.assert_array_equal(h.wait(), np.ones(5)))
+        counts = hpcdl.collectives.block_counts(10, c.size)
+        start = sum(counts[:gb.rank])
+        f.check("reduce_scatter on a subgroup", lambda: np.testing.assert_array_equal(
+            rs, c.size * np.arange(10.0)[start:start + counts[gb.rank]]))
+        hpcdl.barrier(comm=mine)
+        if isinstance(c, FakeCommunicator) and mine.executor is not None:
+            mine.executor.close()  # fake ranks: stop the progress thread this test started
+        f.assert_none()
+
+    on_group(group, body)
 
 
 def test_subgroup_of_one_rank(ctx):

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hpcdl
-from conftest import FakeCudaArray
+from conftest import FakeCudaArray, group_params, on_group
 from hpcdl.buffers import as_buffer, host_view
 from hpcdl.collectives import block_counts
 from hpcdl.ops import SUPPORTED_DTYPES, bfloat16
@@ -209,10 +209,14 @@ def _fake_device_round(ctx, comm, dtype: str, seed: int) -> Failures:
     return f
 
 
+@pytest.mark.parametrize("group", group_params((3,)))
 @pytest.mark.parametrize("dtype", CAI_DTYPES)
-def test_fake_cuda_arrays_through_host_staging(ctx, dtype):
-    assert not ctx.comm.cuda_aware  # Open MPI here: the staging path
-    _fake_device_round(ctx, ctx.comm, dtype, 800).assert_none()
+def test_fake_cuda_arrays_through_host_staging(group, dtype):
+    def body(comm):
+        assert not getattr(comm, "cuda_aware", False)  # Open MPI here: the staging path
+        _fake_device_round(None, comm, dtype, 800).assert_none()
+
+    on_group(group, body)
 
 
 @pytest.fixture
@@ -230,6 +234,7 @@ def test_fake_cuda_arrays_direct_path(cuda_aware_comm, ctx, dtype):
     _fake_device_round(ctx, cuda_aware_comm, dtype, 900).assert_none()
 
 
+@pytest.mark.mpi_pass
 def test_fake_cuda_large_message(ctx):
     """9 MiB + a few elements: more than one staging chunk (4 MiB by default)."""
     count = (9 << 20) // 4 + 13

@@ -17,29 +17,38 @@ from hpcdl.buffers import as_buffer
 from hpcdl.collectives.staging import staged_pipeline
 from hpcdl.device import HostEmulation
 
-from conftest import FakeCudaArray
+from conftest import FakeCudaArray, group_params, on_group
 
 
+@pytest.mark.parametrize("group", group_params((3,)))
 @pytest.mark.parametrize("algorithm", hpcdl.algorithm_names())
 @pytest.mark.parametrize("chunk_bytes", [24, 1000, 1 << 20])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int64"])
-def test_staged_allreduce_of_fake_device_buffers(ctx, rng, monkeypatch, algorithm, chunk_bytes,
+def test_staged_allreduce_of_fake_device_buffers(group, monkeypatch, algorithm, chunk_bytes,
                                                  dtype):
+    """Every algorithm through the staging pipeline, on real peers (mpi passes) or 3
+    in-process ranks (serial pass): one rank would reduce nothing."""
     monkeypatch.setenv("HPCDL_STAGING_CHUNK_BYTES", str(chunk_bytes))
     n = 1001  # odd: the last chunk is partial
-    mine = (rng.integers(1, 9, n) if dtype == "int64" else rng.integers(-8, 8, n) / 4).astype(dtype)
-    every = np.empty(ctx.size * n, mine.dtype)
-    ctx.comm.allgather(mine.copy(), every)
-    host = mine.copy()
-    hpcdl.allreduce(FakeCudaArray(host), op="sum", algorithm=algorithm, comm=ctx.comm)
-    out = np.full(n, -1, mine.dtype)
-    src = mine.copy()
-    hpcdl.allreduce(FakeCudaArray(src), out=FakeCudaArray(out), op="max", algorithm=algorithm,
-                    comm=ctx.comm)
-    expect = every.reshape(ctx.size, n).astype(np.float64).sum(0)
-    np.testing.assert_array_equal(host.astype(np.float64), expect)
-    np.testing.assert_array_equal(out, every.reshape(ctx.size, n).max(0))
-    np.testing.assert_array_equal(src, mine)  # the input is only read
+
+    def body(comm):
+        rng = np.random.default_rng(77 + comm.rank)
+        mine = (rng.integers(1, 9, n) if dtype == "int64" else rng.integers(-8, 8, n) / 4
+                ).astype(dtype)
+        every = np.empty(comm.size * n, mine.dtype)
+        comm.allgather(mine.copy(), every)
+        host = mine.copy()
+        hpcdl.allreduce(FakeCudaArray(host), op="sum", algorithm=algorithm, comm=comm)
+        out = np.full(n, -1, mine.dtype)
+        src = mine.copy()
+        hpcdl.allreduce(FakeCudaArray(src), out=FakeCudaArray(out), op="max",
+                        algorithm=algorithm, comm=comm)
+        expect = every.reshape(comm.size, n).astype(np.float64).sum(0)
+        np.testing.assert_array_equal(host.astype(np.float64), expect)
+        np.testing.assert_array_equal(out, every.reshape(comm.size, n).max(0))
+        np.testing.assert_array_equal(src, mine)  # the input is only read
+
+    on_group(group, body)
 
 
 class LazyStreams(HostEmulation):
