@@ -46,6 +46,30 @@ def test_sampler_reshuffles_per_epoch_from_the_seed():
     assert list(DistributedSampler(10, num_replicas=2, rank=1, shuffle=False)) == [1, 3, 5, 7, 9]
 
 
+@pytest.mark.parametrize("n,size", [(1, 3), (7, 2), (10, 4), (13, 5), (12, 3)])
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_sampler_gives_torchs_indices(n, size, drop_last, shuffle):
+    """The same shards as torch.utils.data.DistributedSampler, epoch after epoch, and
+    global_order() (what a resume re-shards) interleaves exactly those shards."""
+    if drop_last and n < size:  # torch would hand out empty shards: hpcdl refuses
+        with pytest.raises(InvalidArgumentError, match="rank 0.*cannot give every one"):
+            DistributedSampler(n, num_replicas=size, rank=0, drop_last=True)
+        return
+    for epoch in (0, 3):
+        for r in range(size):
+            ours = DistributedSampler(n, num_replicas=size, rank=r, seed=9, shuffle=shuffle,
+                                      drop_last=drop_last)
+            theirs = torch.utils.data.DistributedSampler(range(n), num_replicas=size, rank=r,
+                                                         seed=9, shuffle=shuffle,
+                                                         drop_last=drop_last)
+            ours.set_epoch(epoch)
+            theirs.set_epoch(epoch)
+            want = list(theirs)
+            assert list(ours) == want and len(ours) == len(theirs)
+            assert ours.global_order()[r::size] == want
+
+
 # -- under MPI -----------------------------------------------------------------------------
 def test_sampler_agrees_across_ranks(ctx):
     s = DistributedSampler(list(range(23)), seed=11)
