@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import hpcdl
+from conftest import group_params, on_group
 from hpcdl.errors import InvalidArgumentError, MismatchError
 from hpcdl.torch import (DistributedOptimizer, DistributedSampler, broadcast_object,
                          broadcast_optimizer_state, broadcast_parameters)
@@ -119,49 +120,74 @@ def test_uneven_dataset_training_finishes(ctx):
     assert all(torch.equal(a, b) for ps in params for a, b in zip(ps, params[0]))
 
 
-def test_broadcast_parameters_state_dict(ctx):
-    torch.manual_seed(ctx.rank)  # a different model on every rank
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
-    model[1].num_batches_tracked += ctx.rank  # an int64 buffer
-    mask = torch.tensor([ctx.rank % 2 == 0, True])  # bool: travels pickled
-    state = model.state_dict()
-    state["mask"] = mask
-    root = ctx.size - 1
-    broadcast_parameters(state, root_rank=root)
-    got = ctx.comm.allgather_object({k: v.clone() for k, v in state.items()})
-    assert all(torch.equal(got[r][k], got[root][k]) for r in range(ctx.size) for k in state)
-    assert int(model[1].num_batches_tracked) == root  # in place, through the state dict view
-    assert bool(mask[0]) == (root % 2 == 0)
+def _seeded(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """``model`` with parameters drawn from ``seed`` (a per-thread generator: fake ranks
+    share torch's global one)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
 
 
-def test_broadcast_parameters_named_and_list(ctx):
-    torch.manual_seed(100 + ctx.rank)
-    model = torch.nn.Linear(5, 2).to(torch.float64)
-    broadcast_parameters(model.named_parameters())
-    extra = [torch.full((3,), float(ctx.rank), dtype=torch.bfloat16)]
-    broadcast_parameters(extra, root_rank=0)
-    got = ctx.comm.allgather_object([p.detach().clone() for p in model.parameters()])
-    assert all(torch.equal(a, b) for ps in got for a, b in zip(ps, got[0]))
-    assert torch.equal(extra[0], torch.zeros(3, dtype=torch.bfloat16))
+@pytest.mark.parametrize("group", group_params((3,)))
+def test_broadcast_parameters_state_dict(group):
+    def body(c):
+        model = _seeded(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)),
+                        c.rank)  # a different model on every rank
+        model[1].num_batches_tracked += c.rank  # an int64 buffer
+        mask = torch.tensor([c.rank % 2 == 0, True])  # bool: travels pickled
+        state = model.state_dict()
+        state["mask"] = mask
+        root = c.size - 1
+        broadcast_parameters(state, root_rank=root, comm=c)
+        got = c.allgather_object({k: v.clone() for k, v in state.items()})
+        assert all(torch.equal(got[r][k], got[root][k]) for r in range(c.size) for k in state)
+        assert int(model[1].num_batches_tracked) == root  # in place, through the state dict
+        assert bool(mask[0]) == (root % 2 == 0)
+        if c.size > 1:  # the values are the root's, not this rank's own
+            assert torch.equal(model[0].weight, _seeded(torch.nn.Linear(4, 3), root).weight)
+
+    on_group(group, body)
 
 
-def test_broadcast_optimizer_state(ctx):
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 2)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01 * (ctx.rank + 1))
-    if ctx.rank == 0:  # only the root has taken a step: only it has Adam moments
-        model(torch.randn(3, 4)).sum().backward()
-        opt.step()
-    broadcast_optimizer_state(DistributedOptimizer(opt, named_parameters=model.named_parameters()),
-                              root_rank=0)
-    mine = opt.state_dict()
-    got = ctx.comm.allgather_object(mine)
-    for other in got:
-        assert other["param_groups"][0]["lr"] == 0.01
-        for k, st in other["state"].items():
-            for name, v in st.items():
-                assert torch.equal(v, got[0]["state"][k][name]), (k, name)
-    assert len(mine["state"]) == 2
+@pytest.mark.parametrize("group", group_params((3,)))
+def test_broadcast_parameters_named_and_list(group):
+    def body(c):
+        model = _seeded(torch.nn.Linear(5, 2).to(torch.float64), 100 + c.rank)
+        broadcast_parameters(model.named_parameters(), comm=c)
+        extra = [torch.full((3,), float(c.rank), dtype=torch.bfloat16)]
+        broadcast_parameters(extra, root_rank=0, comm=c)
+        got = c.allgather_object([p.detach().clone() for p in model.parameters()])
+        assert all(torch.equal(a, b) for ps in got for a, b in zip(ps, got[0]))
+        assert torch.equal(model.weight, _seeded(torch.nn.Linear(5, 2).to(torch.float64),
+                                                 100).weight)
+        assert torch.equal(extra[0], torch.zeros(3, dtype=torch.bfloat16))
+
+    on_group(group, body)
+
+
+@pytest.mark.parametrize("group", group_params((3,)))
+def test_broadcast_optimizer_state(group):
+    def body(c):
+        model = _seeded(torch.nn.Linear(4, 2), 0)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01 * (c.rank + 1))
+        if c.rank == 0:  # only the root has taken a step: only it has Adam moments
+            model(torch.randn(3, 4, generator=torch.Generator().manual_seed(1))).sum().backward()
+            opt.step()
+        broadcast_optimizer_state(DistributedOptimizer(
+            opt, named_parameters=model.named_parameters(), comm=c), root_rank=0, comm=c)
+        mine = opt.state_dict()
+        got = c.allgather_object(mine)
+        for other in got:
+            assert other["param_groups"][0]["lr"] == 0.01
+            for k, st in other["state"].items():
+                for name, v in st.items():
+                    assert torch.equal(v, got[0]["state"][k][name]), (k, name)
+        assert len(mine["state"]) == 2
+        assert float(mine["state"][0]["step"]) == 1.0
+
+    on_group(group, body)
 
 
 def test_broadcast_object(ctx):
