@@ -4,9 +4,16 @@ Algorithms (``hpcdl.collectives``) are pure functions of ``(comm, buffer, op)``
 and use only what is listed here, so the same ring or tree runs over real MPI
 (:class:`~hpcdl.comm.mpi.MPICommunicator`) and over the in-process fake
 (:class:`~hpcdl.comm.fake.FakeCommunicator`) used by unit tests. Point-to-point
-is part of the protocol because the parameter server and pipeline stages need
-it too. Buffers are flat, C-contiguous NumPy arrays (or, for the CUDA-aware MPI
-backend, device :class:`~hpcdl.buffers.Buffer` objects).
+is part of the protocol for the algorithms built on it (ring, tree,
+hierarchical, Horovod's Adasum). The parameter server (:mod:`hpcdl.ps`) and
+the pipeline stages (through the torch backend) do not use it: they talk to
+mpi4py directly on a communicator of their own (``MPICommunicator.mpi``),
+because they need what this protocol leaves out (matched probes for messages
+of unknown source and size in the parameter server, receives from any source
+in the torch backend). Buffers are flat,
+C-contiguous NumPy arrays (or, for the CUDA-aware MPI backend, device
+:class:`~hpcdl.buffers.Buffer` objects, which mpi4py reads through DLPack or
+``__cuda_array_interface__``).
 """
 
 from __future__ import annotations
