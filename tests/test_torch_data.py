@@ -71,25 +71,33 @@ def test_sampler_gives_torchs_indices(n, size, drop_last, shuffle):
             assert ours.global_order()[r::size] == want
 
 
-# -- under MPI -----------------------------------------------------------------------------
-def test_sampler_agrees_across_ranks(ctx):
-    s = DistributedSampler(list(range(23)), seed=11)
-    s.set_epoch(4)
-    shards = ctx.comm.allgather_object(list(s))
-    assert len({len(x) for x in shards}) == 1
-    assert set(i for x in shards for i in x) == set(range(23))
-    assert s.num_replicas == ctx.size and s.rank == ctx.rank
+# -- across ranks: MPI in the --with-mpi passes, 3 in-process ranks serially ---------------
+@pytest.mark.parametrize("group", group_params((3,)))
+def test_sampler_agrees_across_ranks(group):
+    def body(c):
+        s = DistributedSampler(list(range(23)), seed=11, comm=c)
+        s.set_epoch(4)
+        shards = c.allgather_object(list(s))
+        assert len({len(x) for x in shards}) == 1
+        assert set(i for x in shards for i in x) == set(range(23))
+        assert s.num_replicas == c.size and s.rank == c.rank
+
+    on_group(group, body)
 
 
-def test_sampler_mismatch_is_an_error(ctx):
-    err = None
-    try:
-        DistributedSampler(10 + (ctx.rank == ctx.size - 1))
-    except MismatchError as exc:
-        err = exc
-    assert (err is None) == (ctx.size == 1)
-    if err is not None:
-        assert f"rank {ctx.size - 1} has length=11" in str(err)
+@pytest.mark.parametrize("group", group_params((3,)))
+def test_sampler_mismatch_is_an_error(group):
+    def body(c):
+        err = None
+        try:
+            DistributedSampler(10 + (c.rank == c.size - 1), comm=c)
+        except MismatchError as exc:
+            err = exc
+        assert (err is None) == (c.size == 1)
+        if err is not None:
+            assert f"rank {c.size - 1} has length=11" in str(err)
+
+    on_group(group, body)
 
 
 def test_uneven_dataset_training_finishes(ctx):
@@ -190,12 +198,16 @@ def test_broadcast_optimizer_state(group):
     on_group(group, body)
 
 
-def test_broadcast_object(ctx):
-    obj = {"epoch": 3, "rank": ctx.rank, "tensor": torch.arange(3)}
-    got = broadcast_object(obj, root_rank=ctx.size - 1)
-    assert got["rank"] == ctx.size - 1 and torch.equal(got["tensor"], torch.arange(3))
-    with pytest.raises(InvalidArgumentError, match="root_rank"):
-        broadcast_object(obj, root_rank=ctx.size)
+@pytest.mark.parametrize("group", group_params((3,)))
+def test_broadcast_object(group):
+    def body(c):
+        obj = {"epoch": 3, "rank": c.rank, "tensor": torch.arange(3)}
+        got = broadcast_object(obj, root_rank=c.size - 1, comm=c)
+        assert got["rank"] == c.size - 1 and torch.equal(got["tensor"], torch.arange(3))
+        with pytest.raises(InvalidArgumentError, match=f"rank {c.rank}.*root_rank"):
+            broadcast_object(obj, root_rank=c.size, comm=c)
+
+    on_group(group, body)
 
 
 def test_broadcast_after_async_ops_keeps_order(ctx):
