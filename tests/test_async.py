@@ -98,6 +98,7 @@ def test_local_errors_raise_at_the_call_not_at_wait(ctx):
         hpcdl.broadcast(np.zeros(3), root=ctx.size, async_op=True)
 
 
+@pytest.mark.fake_ranks
 def test_error_inside_an_async_op_surfaces_at_wait(monkeypatch):
     """An algorithm that fails on the progress thread: wait() raises it, test() is True,
     and the communicator's queue keeps serving later operations."""
@@ -126,6 +127,7 @@ def test_error_inside_an_async_op_surfaces_at_wait(monkeypatch):
             np.testing.assert_array_equal(blocking, np.full(2, size))
 
 
+@pytest.mark.fake_ranks
 def test_a_closed_executor_is_replaced():
     """After close() (what exit does) a new async op gets a fresh progress thread."""
     def body(comm):
@@ -234,6 +236,7 @@ def test_close_gives_up_on_a_stuck_operation(capfd):
     assert "still running" in capfd.readouterr().err
 
 
+@pytest.mark.fake_ranks
 @pytest.mark.parametrize("make", ["subgroup", "partial_allreduce"])
 def test_split_waits_for_queued_async_work(make):
     """A new subcommunicator is a collective on the parent: it must start after the

@@ -1,6 +1,7 @@
 """The in-process FakeCommunicator: ranks as threads, for algorithm unit tests.
 
-In-process, so these run the same in every pass (serial or under mpiexec).
+In-process, so these are the same in every pass: they run once, serially
+(``fake_ranks``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hpcdl.ops import ReduceOp
 from numpy_reference import all_inputs, close, reduce_reference
 
 SIZES = [1, 2, 3, 4]
+pytestmark = pytest.mark.fake_ranks
 
 
 def test_is_a_communicator():

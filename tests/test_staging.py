@@ -89,6 +89,7 @@ class LazyStreams(HostEmulation):
         stream.queue.append(lambda: other.run_until(upto))
 
 
+@pytest.mark.fake_ranks
 @pytest.mark.parametrize("n,chunk_elems,slots", [(1, 4, 3), (10, 4, 3), (1001, 7, 3),
                                                  (1001, 64, 2), (1001, 7, 1), (64, 64, 3)])
 @pytest.mark.parametrize("copy_in", [True, False])
@@ -161,6 +162,7 @@ class _LoggedEvent:
         self.log.append(("wait", threading.current_thread().name))
 
 
+@pytest.mark.fake_ranks
 def test_producer_event_is_recorded_at_enqueue_and_waited_on_the_progress_thread(monkeypatch):
     """Defect 1: the progress thread must wait for an event recorded on the producer's
     stream when the op was *enqueued* (work queued later is not waited for), never for a

@@ -174,6 +174,7 @@ def test_fp16_compressor_of_hpcdl(ctx):
     assert max_diff(got, reference()) < FP16_TOL
 
 
+@pytest.mark.fake_ranks
 def test_fp16_compression_never_blocks_the_backward_hooks(monkeypatch):
     """Defect 4: the scale agreement (an allreduce of max) must not drain the async
     queue inside a gradient hook; it runs with the bucket's own queued operation.
