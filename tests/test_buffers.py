@@ -273,3 +273,34 @@ def test_torch_views_and_mixed_kinds(ctx):
     np.testing.assert_array_equal(base.numpy(), [0, 0, 0] + [total] * 5 + [0, 0])
     np.testing.assert_array_equal(out, np.full(5, 2.0 * ctx.size))
     np.testing.assert_array_equal(g, np.concatenate([np.arange(3) + r for r in range(ctx.size)]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int64"])
+def test_mpi_reads_device_buffers_through_their_own_interface(dtype):
+    """The CUDA-aware path hands mpi4py the caller's object (DLPack for torch, the CUDA
+    array interface otherwise), not a wrapper: a torch tensor that requires grad (torch
+    refuses to export it) and bfloat16 (no CAI typestr) must still go through. Over
+    COMM_SELF with memory that is really on the host, MPI moves real bytes."""
+    from mpi4py import MPI
+
+    from hpcdl.buffers import Buffer
+    from hpcdl.comm.mpi import MPICommunicator
+    from hpcdl.ops import ReduceOp
+
+    comm = MPICommunicator(MPI.COMM_SELF)
+    t = torch.arange(1, 8, dtype=_TORCH[dtype]).requires_grad_(dtype != "int64")
+    dt = SUPPORTED_DTYPES[dtype]
+    # described as device memory, as as_buffer does for a CUDA tensor
+    dev = Buffer(t, "torch", dt, tuple(t.shape), 0, None, t.data_ptr())
+    comm.bcast(dev, 0)
+    got = np.zeros(7 * 1, dt)
+    comm.allgather(dev, got)
+    np.testing.assert_array_equal(got.astype(np.float64), np.arange(1, 8))
+    if dtype != "bfloat16":  # MPI reduces it only after an upcast (hpcdl.ops.mpi_reducible)
+        comm.allreduce(dev, ReduceOp.SUM)
+        host = np.arange(1, 8).astype(dt)
+        cai = as_buffer(FakeCudaArray(host), writable=True)
+        assert cai.is_device
+        comm.allreduce(cai, ReduceOp.MAX)
+        comm.bcast(cai, 0)
+        np.testing.assert_array_equal(host, np.arange(1, 8))
