@@ -33,51 +33,63 @@ def test_test_polls_until_done(ctx):
     np.testing.assert_array_equal(h.wait(), np.full(1 << 16, ctx.size, np.float32))
 
 
-def test_several_outstanding_every_collective(ctx):
+@pytest.mark.parametrize("group", group_params((3,)))
+def test_several_outstanding_every_collective(group):
     """Many operations in flight at once, waited in order (and one out of order)."""
-    xs = all_inputs(11, ctx.size, (257,), "float32")
-    bufs = [xs[ctx.rank].copy() * (i + 1) for i in range(4)]
-    handles = [hpcdl.allreduce(b, op="sum", async_op=True) for b in bufs]
-    root = ctx.size - 1
-    bc = xs[ctx.rank].copy()
-    hb = hpcdl.broadcast(bc, root=root, async_op=True)
-    hg = hpcdl.allgather(torch.from_numpy(xs[ctx.rank].copy()), async_op=True)
-    hr = hpcdl.reduce_scatter(xs[ctx.rank].copy(), op="max", async_op=True)
-    hbar = hpcdl.barrier(async_op=True)
-    gathered = hg.wait()  # out of order: the queue still ran in submission order
-    results = [h.wait() for h in handles]
-    rs = hr.wait()
-    hb.wait()
-    assert hbar.wait() is None
-    ref = reduce_reference(xs, "sum")
-    for i, r in enumerate(results):
-        close(r, (ref.astype(np.float64) * (i + 1)).astype(np.float32),
-              [x * (i + 1) for x in xs], "sum")
-    np.testing.assert_array_equal(bc, xs[root])
-    np.testing.assert_array_equal(gathered.numpy(), np.stack(xs))
-    counts = hpcdl.collectives.block_counts(257, ctx.size)
-    start = sum(counts[:ctx.rank])
-    np.testing.assert_array_equal(rs, np.max(xs, axis=0)[start:start + counts[ctx.rank]])
+    def body(c):
+        xs = all_inputs(11, c.size, (257,), "float32")
+        bufs = [xs[c.rank].copy() * (i + 1) for i in range(4)]
+        handles = [hpcdl.allreduce(b, op="sum", async_op=True, comm=c) for b in bufs]
+        root = c.size - 1
+        bc = xs[c.rank].copy()
+        hb = hpcdl.broadcast(bc, root=root, async_op=True, comm=c)
+        hg = hpcdl.allgather(torch.from_numpy(xs[c.rank].copy()), async_op=True, comm=c)
+        hr = hpcdl.reduce_scatter(xs[c.rank].copy(), op="max", async_op=True, comm=c)
+        hbar = hpcdl.barrier(async_op=True, comm=c)
+        gathered = hg.wait()  # out of order: the queue still ran in submission order
+        results = [h.wait() for h in handles]
+        rs = hr.wait()
+        hb.wait()
+        assert hbar.wait() is None
+        ref = reduce_reference(xs, "sum")
+        for i, r in enumerate(results):
+            close(r, (ref.astype(np.float64) * (i + 1)).astype(np.float32),
+                  [x * (i + 1) for x in xs], "sum")
+        np.testing.assert_array_equal(bc, xs[root])
+        np.testing.assert_array_equal(gathered.numpy(), np.stack(xs))
+        counts = hpcdl.collectives.block_counts(257, c.size)
+        start = sum(counts[:c.rank])
+        np.testing.assert_array_equal(rs, np.max(xs, axis=0)[start:start + counts[c.rank]])
+        if isinstance(c, FakeCommunicator):
+            c.executor.close()  # fake ranks: stop the progress thread this test started
+
+    on_group(group, body)
 
 
-def test_mixing_async_and_blocking(ctx):
+@pytest.mark.parametrize("group", group_params((3,)))
+def test_mixing_async_and_blocking(group):
     """A blocking call waits for queued async ones, so all ranks keep the same order."""
-    f = Failures()
-    a = np.full(100, float(ctx.rank))
-    b = np.full(100, 1.0)
-    c = np.full(100, 2.0)
-    ha = hpcdl.allreduce(a, async_op=True)
-    hpcdl.allreduce(b)  # blocking, while a may still be queued
-    hc = hpcdl.allreduce(c, op="max", async_op=True)
-    d = hpcdl.broadcast(np.full(3, float(ctx.rank)), root=0)
-    f.check("blocking", lambda: np.testing.assert_array_equal(b, np.full(100, ctx.size)))
-    f.expect("async done before the next blocking call returned", ha.test())
-    ha.wait()
-    hc.wait()
-    f.check("async a", lambda: np.testing.assert_array_equal(a, np.full(100, sum(range(ctx.size)))))
-    f.check("async c", lambda: np.testing.assert_array_equal(c, np.full(100, 2.0)))
-    f.check("broadcast", lambda: np.testing.assert_array_equal(d, np.zeros(3)))
-    f.assert_none()
+    def body(c):
+        f = Failures()
+        a = np.full(100, float(c.rank))
+        b = np.full(100, 1.0)
+        e = np.full(100, 2.0)
+        ha = hpcdl.allreduce(a, async_op=True, comm=c)
+        hpcdl.allreduce(b, comm=c)  # blocking, while a may still be queued
+        he = hpcdl.allreduce(e, op="max", async_op=True, comm=c)
+        d = hpcdl.broadcast(np.full(3, float(c.rank)), root=0, comm=c)
+        f.check("blocking", lambda: np.testing.assert_array_equal(b, np.full(100, c.size)))
+        f.expect("async done before the next blocking call returned", ha.test())
+        ha.wait()
+        he.wait()
+        f.check("async a", lambda: np.testing.assert_array_equal(a, np.full(100, sum(range(c.size)))))
+        f.check("async c", lambda: np.testing.assert_array_equal(e, np.full(100, 2.0)))
+        f.check("broadcast", lambda: np.testing.assert_array_equal(d, np.zeros(3)))
+        f.assert_none()
+        if isinstance(c, FakeCommunicator):
+            c.executor.close()  # fake ranks: stop the progress thread this test started
+
+    on_group(group, body)
 
 
 def test_async_on_fake_cuda_arrays(ctx):

@@ -123,36 +123,40 @@ def test_zero_size_buffers(ctx):
 # --- torch CPU tensors -----------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_torch_collectives(ctx, dtype):
-    f = Failures()
-    shape = (5, 3) if ctx.size < 3 else (ctx.size - 1,)
-    for i, op in enumerate(ops_for(dtype)):
-        for shp in ((1009,), shape):
-            xs = all_inputs(500 + i, ctx.size, shp, dtype, op)
-            ref = reduce_reference(xs, op)
-            t = to_torch(xs[ctx.rank])
-            res = hpcdl.allreduce(t, op=op, algorithm="native")
-            f.expect(f"{op} returns the tensor", res is t)
-            f.check(f"{op}{shp} in place", lambda: close(to_numpy(t), ref, xs, op))
-            out = torch.empty(shp, dtype=_TORCH[dtype])
-            hpcdl.allreduce(to_torch(xs[ctx.rank]), out=out, op=op, algorithm="native")
-            f.check(f"{op}{shp} out", lambda: close(to_numpy(out), ref, xs, op))
-    xs = all_inputs(600, ctx.size, (1009,), dtype)
-    t = to_torch(xs[ctx.rank])
-    hpcdl.broadcast(t, root=ctx.size - 1)
-    f.check("broadcast", lambda: np.testing.assert_array_equal(to_numpy(t), xs[-1]))
-    g = hpcdl.allgather(to_torch(xs[ctx.rank]))
-    f.expect("allgather allocates a tensor", isinstance(g, torch.Tensor) and g.dtype == _TORCH[dtype]
-             and tuple(g.shape) == (ctx.size, 1009), repr(type(g)))
-    f.check("allgather", lambda: np.testing.assert_array_equal(to_numpy(g), np.stack(xs)))
-    counts = block_counts(1009, ctx.size)
-    start = sum(counts[:ctx.rank])
-    sl = slice(start, start + counts[ctx.rank])
-    rs = hpcdl.reduce_scatter(to_torch(xs[ctx.rank]), op="sum")
-    f.expect("reduce_scatter allocates a tensor", isinstance(rs, torch.Tensor))
-    f.check("reduce_scatter", lambda: close(to_numpy(rs), reduce_reference([x[sl] for x in xs], "sum"),
-                                            [x[sl] for x in xs], "sum"))
-    f.assert_none()
+@pytest.mark.parametrize("group", group_params((3,)))
+def test_torch_collectives(group, dtype):
+    def body(c):
+        f = Failures()
+        shape = (5, 3) if c.size < 3 else (c.size - 1,)
+        for i, op in enumerate(ops_for(dtype)):
+            for shp in ((1009,), shape):
+                xs = all_inputs(500 + i, c.size, shp, dtype, op)
+                ref = reduce_reference(xs, op)
+                t = to_torch(xs[c.rank])
+                res = hpcdl.allreduce(t, op=op, algorithm="native", comm=c)
+                f.expect(f"{op} returns the tensor", res is t)
+                f.check(f"{op}{shp} in place", lambda: close(to_numpy(t), ref, xs, op))
+                out = torch.empty(shp, dtype=_TORCH[dtype])
+                hpcdl.allreduce(to_torch(xs[c.rank]), out=out, op=op, algorithm="native", comm=c)
+                f.check(f"{op}{shp} out", lambda: close(to_numpy(out), ref, xs, op))
+        xs = all_inputs(600, c.size, (1009,), dtype)
+        t = to_torch(xs[c.rank])
+        hpcdl.broadcast(t, root=c.size - 1, comm=c)
+        f.check("broadcast", lambda: np.testing.assert_array_equal(to_numpy(t), xs[-1]))
+        g = hpcdl.allgather(to_torch(xs[c.rank]), comm=c)
+        f.expect("allgather allocates a tensor", isinstance(g, torch.Tensor) and g.dtype == _TORCH[dtype]
+                 and tuple(g.shape) == (c.size, 1009), repr(type(g)))
+        f.check("allgather", lambda: np.testing.assert_array_equal(to_numpy(g), np.stack(xs)))
+        counts = block_counts(1009, c.size)
+        start = sum(counts[:c.rank])
+        sl = slice(start, start + counts[c.rank])
+        rs = hpcdl.reduce_scatter(to_torch(xs[c.rank]), op="sum", comm=c)
+        f.expect("reduce_scatter allocates a tensor", isinstance(rs, torch.Tensor))
+        f.check("reduce_scatter", lambda: close(to_numpy(rs), reduce_reference([x[sl] for x in xs], "sum"),
+                                                [x[sl] for x in xs], "sum"))
+        f.assert_none()
+
+    on_group(group, body)
 
 
 def test_torch_requires_grad_tensors(ctx):
