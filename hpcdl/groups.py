@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .comm.base import Communicator
+from .comm.base import UNDEFINED, Communicator
 from .errors import InvalidArgumentError
 from .runtime import default_comm
 
@@ -25,5 +25,5 @@ def subgroup(ranks: Sequence[int], comm: Communicator | None = None) -> Communic
                                    op="subgroup")
     inside = parent.rank in members
     key = members.index(parent.rank) if inside else parent.rank
-    sub = parent.split(0 if inside else 1, key, name=f"subgroup:{tuple(members)}")
-    return sub if inside else None
+    # non-members join the collective with MPI_UNDEFINED and get no communicator at all
+    return parent.split(0 if inside else UNDEFINED, key, name=f"subgroup:{tuple(members)}")

@@ -231,15 +231,24 @@ def _layout(comm: Any, env: Mapping[str, str]) -> tuple[Any, int, int, str]:
 
 def init(comm: Any = None, timeout: float | None = None, *,
          trace: str | None = None) -> Context:
-    """Initialise hpcdl (idempotent) and return the :class:`Context`.
+    """Initialise hpcdl and return a :class:`Context`. Collective over the ranks.
 
-    ``comm`` is an mpi4py communicator to run on instead of ``COMM_WORLD``
-    (hpcdl still works on its own Dup of it). ``timeout`` (seconds; default
-    ``HPCDL_TIMEOUT``, unset or 0 = off) turns on the watchdog: an operation that
-    waits that long ends the job naming the ranks it waits for
-    (docs/fault-tolerance.md). ``trace`` (or ``$HPCDL_TRACE``) is a folder to
-    record a timeline of every rank into (:mod:`hpcdl.trace`); every rank must
-    pass the same.
+    Without ``comm``: the default context, over a Dup of ``COMM_WORLD``, made
+    once; later calls return it unchanged (their ``timeout`` and ``trace`` are
+    not looked at). It alone gets the watchdog, the tracer, the hook that
+    aborts the job on an uncaught exception, and the exit handler that drains
+    the async queues.
+
+    ``comm``: an mpi4py communicator to build a context over instead (hpcdl
+    works on its own Dup of it). Every call makes a new context, not the
+    default one, and ``timeout`` and ``trace`` do not apply to it.
+
+    ``timeout`` (seconds; default ``$HPCDL_TIMEOUT``, unset or 0 = off) turns
+    on the watchdog: an operation that waits that long ends the job naming the
+    ranks it waits for (docs/fault-tolerance.md); ranks that pass different values
+    get a MismatchError.
+    ``trace`` (or ``$HPCDL_TRACE``) is a folder to record a timeline of every
+    rank into (:mod:`hpcdl.trace`); every rank must pass the same.
     """
     global _CONTEXT
     with _LOCK:

@@ -45,11 +45,24 @@ def _under_mpi(config) -> bool:
 
 def pytest_collection_modifyitems(config, items):
     if _under_mpi(config):
-        # A test that launches its own mpiexec job runs once, in the serial pass.
+        # A test that launches its own mpiexec job runs once, in the serial pass; so does
+        # one on in-process fake ranks (it is the same in every pass).
         skip_spawn = pytest.mark.skip(reason="launches its own mpiexec job: serial pass only")
+        skip_fake = pytest.mark.skip(reason="in-process fake ranks, the same in every pass: "
+                                            "serial pass only")
         for item in items:
             if "spawns" in item.keywords:
                 item.add_marker(skip_spawn)
+            if "fake_ranks" in item.keywords:
+                item.add_marker(skip_fake)
+    else:
+        # The serial pass has one rank: every collective would be a no-op and the test
+        # would compare its input with itself. The --with-mpi passes run it (1..4 ranks).
+        skip_mpi = pytest.mark.skip(reason="needs peers: 1 rank makes every collective a "
+                                           "no-op; runs in the --with-mpi passes")
+        for item in items:
+            if "mpi_pass" in item.keywords:
+                item.add_marker(skip_mpi)
     if gpu_available():
         return
     if os.environ.get("HPCDL_REQUIRE_GPU") == "1":
@@ -81,6 +94,30 @@ class FakeCudaArray:
     @property
     def shape(self):
         return self.host.shape
+
+
+#: Rank counts of the in-process fake communicators that the serial pass runs
+#: collective tests at (non-powers of two and a power of two).
+FAKE_SIZES = (3, 4)
+
+
+def group_params(fake_sizes: tuple[int, ...] = FAKE_SIZES) -> list:
+    """``group`` parameters: the job's communicator (``--with-mpi`` passes only) and
+    in-process fake communicators of ``fake_sizes`` ranks (serial pass only)."""
+    return ([pytest.param("mpi", marks=pytest.mark.mpi_pass)]
+            + [pytest.param(f"fake{n}", marks=pytest.mark.fake_ranks) for n in fake_sizes])
+
+
+def on_group(group: str, body, timeout: float = 60.0) -> list:
+    """``body(comm)`` on every rank of ``group`` (see :func:`group_params`); the results
+    of the ranks this process runs (one under mpiexec, all of them for a fake group)."""
+    if group == "mpi":
+        import hpcdl
+
+        return [body(hpcdl.init().comm)]
+    from hpcdl.comm import run_ranks
+
+    return run_ranks(int(group[len("fake"):]), body, timeout=timeout)
 
 
 @pytest.fixture

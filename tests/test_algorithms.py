@@ -229,6 +229,7 @@ def gathered(ctx, x: np.ndarray) -> list[np.ndarray]:
         [x.copy() for _ in range(ctx.size)]
 
 
+@pytest.mark.mpi_pass  # serially: test_fake_* above, at 1..7 in-process ranks
 @pytest.mark.parametrize("alg", ALGORITHMS + ["auto"])
 @pytest.mark.parametrize("dtype", list(SUPPORTED_DTYPES))
 def test_mpi_every_op_and_size(ctx, rng, alg, dtype, monkeypatch):
@@ -253,6 +254,7 @@ def test_mpi_every_op_and_size(ctx, rng, alg, dtype, monkeypatch):
     assert not errors, errors[:5]
 
 
+@pytest.mark.mpi_pass  # serially: test_fake_* above, at 1..7 in-process ranks
 @pytest.mark.parametrize("alg", ALGORITHMS + ["auto"])
 def test_mpi_several_mib(ctx, rng, alg):
     x = rng.uniform(-1, 1, (3 << 20) // 4 + 7).astype(np.float32)  # 3 MiB and a bit
@@ -262,6 +264,7 @@ def test_mpi_several_mib(ctx, rng, alg):
     assert why is None, why
 
 
+@pytest.mark.mpi_pass  # serially: test_fake_* above, at 1..7 in-process ranks
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("alg", ALGORITHMS)
 def test_half_sum_loses_at_most_one_rounding_per_addition(ctx, rng, dtype, alg):
@@ -275,6 +278,7 @@ def test_half_sum_loses_at_most_one_rounding_per_addition(ctx, rng, dtype, alg):
     assert why is None, why
 
 
+@pytest.mark.mpi_pass  # serially: test_fake_* above, at 1..7 in-process ranks
 @pytest.mark.parametrize("per_node", [1, 2, 3])
 def test_mpi_hierarchical_emulated_nodes(ctx, rng, per_node):
     # Build the node layout in-test (HPCDL_RANKS_PER_NODE needs a fresh job: see the

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import hpcdl
-from conftest import FakeCudaArray
+from conftest import FakeCudaArray, group_params, on_group
 from hpcdl.collectives import registry
-from hpcdl.comm import run_ranks
+from hpcdl.comm import FakeCommunicator, run_ranks
 from numpy_reference import Failures, all_inputs, close, reduce_reference
 
 
@@ -33,51 +33,63 @@ def test_test_polls_until_done(ctx):
     np.testing.assert_array_equal(h.wait(), np.full(1 << 16, ctx.size, np.float32))
 
 
-def test_several_outstanding_every_collective(ctx):
+@pytest.mark.parametrize("group", group_params((3,)))
+def test_several_outstanding_every_collective(group):
     """Many operations in flight at once, waited in order (and one out of order)."""
-    xs = all_inputs(11, ctx.size, (257,), "float32")
-    bufs = [xs[ctx.rank].copy() * (i + 1) for i in range(4)]
-    handles = [hpcdl.allreduce(b, op="sum", async_op=True) for b in bufs]
-    root = ctx.size - 1
-    bc = xs[ctx.rank].copy()
-    hb = hpcdl.broadcast(bc, root=root, async_op=True)
-    hg = hpcdl.allgather(torch.from_numpy(xs[ctx.rank].copy()), async_op=True)
-    hr = hpcdl.reduce_scatter(xs[ctx.rank].copy(), op="max", async_op=True)
-    hbar = hpcdl.barrier(async_op=True)
-    gathered = hg.wait()  # out of order: the queue still ran in submission order
-    results = [h.wait() for h in handles]
-    rs = hr.wait()
-    hb.wait()
-    assert hbar.wait() is None
-    ref = reduce_reference(xs, "sum")
-    for i, r in enumerate(results):
-        close(r, (ref.astype(np.float64) * (i + 1)).astype(np.float32),
-              [x * (i + 1) for x in xs], "sum")
-    np.testing.assert_array_equal(bc, xs[root])
-    np.testing.assert_array_equal(gathered.numpy(), np.stack(xs))
-    counts = hpcdl.collectives.block_counts(257, ctx.size)
-    start = sum(counts[:ctx.rank])
-    np.testing.assert_array_equal(rs, np.max(xs, axis=0)[start:start + counts[ctx.rank]])
+    def body(c):
+        xs = all_inputs(11, c.size, (257,), "float32")
+        bufs = [xs[c.rank].copy() * (i + 1) for i in range(4)]
+        handles = [hpcdl.allreduce(b, op="sum", async_op=True, comm=c) for b in bufs]
+        root = c.size - 1
+        bc = xs[c.rank].copy()
+        hb = hpcdl.broadcast(bc, root=root, async_op=True, comm=c)
+        hg = hpcdl.allgather(torch.from_numpy(xs[c.rank].copy()), async_op=True, comm=c)
+        hr = hpcdl.reduce_scatter(xs[c.rank].copy(), op="max", async_op=True, comm=c)
+        hbar = hpcdl.barrier(async_op=True, comm=c)
+        gathered = hg.wait()  # out of order: the queue still ran in submission order
+        results = [h.wait() for h in handles]
+        rs = hr.wait()
+        hb.wait()
+        assert hbar.wait() is None
+        ref = reduce_reference(xs, "sum")
+        for i, r in enumerate(results):
+            close(r, (ref.astype(np.float64) * (i + 1)).astype(np.float32),
+                  [x * (i + 1) for x in xs], "sum")
+        np.testing.assert_array_equal(bc, xs[root])
+        np.testing.assert_array_equal(gathered.numpy(), np.stack(xs))
+        counts = hpcdl.collectives.block_counts(257, c.size)
+        start = sum(counts[:c.rank])
+        np.testing.assert_array_equal(rs, np.max(xs, axis=0)[start:start + counts[c.rank]])
+        if isinstance(c, FakeCommunicator):
+            c.executor.close()  # fake ranks: stop the progress thread this test started
+
+    on_group(group, body)
 
 
-def test_mixing_async_and_blocking(ctx):
+@pytest.mark.parametrize("group", group_params((3,)))
+def test_mixing_async_and_blocking(group):
     """A blocking call waits for queued async ones, so all ranks keep the same order."""
-    f = Failures()
-    a = np.full(100, float(ctx.rank))
-    b = np.full(100, 1.0)
-    c = np.full(100, 2.0)
-    ha = hpcdl.allreduce(a, async_op=True)
-    hpcdl.allreduce(b)  # blocking, while a may still be queued
-    hc = hpcdl.allreduce(c, op="max", async_op=True)
-    d = hpcdl.broadcast(np.full(3, float(ctx.rank)), root=0)
-    f.check("blocking", lambda: np.testing.assert_array_equal(b, np.full(100, ctx.size)))
-    f.expect("async done before the next blocking call returned", ha.test())
-    ha.wait()
-    hc.wait()
-    f.check("async a", lambda: np.testing.assert_array_equal(a, np.full(100, sum(range(ctx.size)))))
-    f.check("async c", lambda: np.testing.assert_array_equal(c, np.full(100, 2.0)))
-    f.check("broadcast", lambda: np.testing.assert_array_equal(d, np.zeros(3)))
-    f.assert_none()
+    def body(c):
+        f = Failures()
+        a = np.full(100, float(c.rank))
+        b = np.full(100, 1.0)
+        e = np.full(100, 2.0)
+        ha = hpcdl.allreduce(a, async_op=True, comm=c)
+        hpcdl.allreduce(b, comm=c)  # blocking, while a may still be queued
+        he = hpcdl.allreduce(e, op="max", async_op=True, comm=c)
+        d = hpcdl.broadcast(np.full(3, float(c.rank)), root=0, comm=c)
+        f.check("blocking", lambda: np.testing.assert_array_equal(b, np.full(100, c.size)))
+        f.expect("async done before the next blocking call returned", ha.test())
+        ha.wait()
+        he.wait()
+        f.check("async a", lambda: np.testing.assert_array_equal(a, np.full(100, sum(range(c.size)))))
+        f.check("async c", lambda: np.testing.assert_array_equal(e, np.full(100, 2.0)))
+        f.check("broadcast", lambda: np.testing.assert_array_equal(d, np.zeros(3)))
+        f.assert_none()
+        if isinstance(c, FakeCommunicator):
+            c.executor.close()  # fake ranks: stop the progress thread this test started
+
+    on_group(group, body)
 
 
 def test_async_on_fake_cuda_arrays(ctx):
@@ -98,6 +110,7 @@ def test_local_errors_raise_at_the_call_not_at_wait(ctx):
         hpcdl.broadcast(np.zeros(3), root=ctx.size, async_op=True)
 
 
+@pytest.mark.fake_ranks
 def test_error_inside_an_async_op_surfaces_at_wait(monkeypatch):
     """An algorithm that fails on the progress thread: wait() raises it, test() is True,
     and the communicator's queue keeps serving later operations."""
@@ -126,6 +139,7 @@ def test_error_inside_an_async_op_surfaces_at_wait(monkeypatch):
             np.testing.assert_array_equal(blocking, np.full(2, size))
 
 
+@pytest.mark.fake_ranks
 def test_a_closed_executor_is_replaced():
     """After close() (what exit does) a new async op gets a fresh progress thread."""
     def body(comm):
@@ -153,39 +167,45 @@ def test_wait_timeout_names_the_operation():
 
 # --- subgroups -----------------------------------------------------------------
 
-def test_subgroups(ctx):
-    f = Failures()
-    evens = list(range(0, ctx.size, 2))
-    odds = list(range(1, ctx.size, 2))
-    backwards = list(reversed(range(ctx.size)))
-    ge = hpcdl.subgroup(evens)
-    go = hpcdl.subgroup(odds)
-    gb = hpcdl.subgroup(backwards)
-    again = hpcdl.subgroup(evens)
-    f.expect("cached", again is ge)
-    mine = ge if ctx.rank % 2 == 0 else go
-    f.expect("membership", (ge is None) == (ctx.rank % 2 == 1) and (go is None) == (ctx.rank % 2 == 0))
-    group = evens if ctx.rank % 2 == 0 else odds
-    f.expect("rank in subgroup", mine.rank == group.index(ctx.rank) and mine.size == len(group))
-    f.expect("backwards rank", gb.rank == ctx.size - 1 - ctx.rank)
+@pytest.mark.parametrize("group", group_params((3, 4)))
+def test_subgroups(group):
+    def body(c):
+        f = Failures()
+        evens = list(range(0, c.size, 2))
+        odds = list(range(1, c.size, 2))
+        backwards = list(reversed(range(c.size)))
+        ge = hpcdl.subgroup(evens, comm=c)
+        go = hpcdl.subgroup(odds, comm=c)
+        gb = hpcdl.subgroup(backwards, comm=c)
+        again = hpcdl.subgroup(evens, comm=c)
+        f.expect("cached", again is ge)
+        mine = ge if c.rank % 2 == 0 else go
+        f.expect("membership", (ge is None) == (c.rank % 2 == 1) and (go is None) == (c.rank % 2 == 0))
+        group = evens if c.rank % 2 == 0 else odds
+        f.expect("rank in subgroup", mine.rank == group.index(c.rank) and mine.size == len(group))
+        f.expect("backwards rank", gb.rank == c.size - 1 - c.rank)
 
-    x = np.full(7, float(ctx.rank))
-    hpcdl.allreduce(x, comm=mine)
-    f.check("allreduce over my parity", lambda: np.testing.assert_array_equal(x, np.full(7, sum(group))))
-    b = np.full(3, float(ctx.rank))
-    hpcdl.broadcast(b, root=0, comm=gb)  # root 0 of the backwards group is the last rank
-    f.check("broadcast root 0 = world's last", lambda: np.testing.assert_array_equal(b, np.full(3, ctx.size - 1.0)))
-    g = hpcdl.allgather(np.array([ctx.rank], np.int64), comm=gb)
-    f.check("allgather order follows the group", lambda: np.testing.assert_array_equal(g.reshape(-1), backwards))
-    h = hpcdl.allreduce(np.ones(5, np.float32), op="avg", comm=mine, async_op=True)
-    rs = hpcdl.reduce_scatter(np.arange(10, dtype=np.float64), comm=gb)
-    f.check("async on a subgroup", lambda: np.testing.assert_array_equal(h.wait(), np.ones(5)))
-    counts = hpcdl.collectives.block_counts(10, ctx.size)
-    start = sum(counts[:gb.rank])
-    f.check("reduce_scatter on a subgroup", lambda: np.testing.assert_array_equal(
-        rs, ctx.size * np.arange(10.0)[start:start + counts[gb.rank]]))
-    hpcdl.barrier(comm=mine)
-    f.assert_none()
+        x = np.full(7, float(c.rank))
+        hpcdl.allreduce(x, comm=mine)
+        f.check("allreduce over my parity", lambda: np.testing.assert_array_equal(x, np.full(7, sum(group))))
+        b = np.full(3, float(c.rank))
+        hpcdl.broadcast(b, root=0, comm=gb)  # root 0 of the backwards group is the last rank
+        f.check("broadcast root 0 = world's last", lambda: np.testing.assert_array_equal(b, np.full(3, c.size - 1.0)))
+        g = hpcdl.allgather(np.array([c.rank], np.int64), comm=gb)
+        f.check("allgather order follows the group", lambda: np.testing.assert_array_equal(g.reshape(-1), backwards))
+        h = hpcdl.allreduce(np.ones(5, np.float32), op="avg", comm=mine, async_op=True)
+        rs = hpcdl.reduce_scatter(np.arange(10, dtype=np.float64), comm=gb)
+        f.check("async on a subgroup", lambda: np.testing.assert_array_equal(h.wait(), np.ones(5)))
+        counts = hpcdl.collectives.block_counts(10, c.size)
+        start = sum(counts[:gb.rank])
+        f.check("reduce_scatter on a subgroup", lambda: np.testing.assert_array_equal(
+            rs, c.size * np.arange(10.0)[start:start + counts[gb.rank]]))
+        hpcdl.barrier(comm=mine)
+        if isinstance(c, FakeCommunicator) and mine.executor is not None:
+            mine.executor.close()  # fake ranks: stop the progress thread this test started
+        f.assert_none()
+
+    on_group(group, body)
 
 
 def test_subgroup_of_one_rank(ctx):
@@ -228,6 +248,7 @@ def test_close_gives_up_on_a_stuck_operation(capfd):
     assert "still running" in capfd.readouterr().err
 
 
+@pytest.mark.fake_ranks
 @pytest.mark.parametrize("make", ["subgroup", "partial_allreduce"])
 def test_split_waits_for_queued_async_work(make):
     """A new subcommunicator is a collective on the parent: it must start after the

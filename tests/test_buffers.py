@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hpcdl
-from conftest import FakeCudaArray
+from conftest import FakeCudaArray, group_params, on_group
 from hpcdl.buffers import as_buffer, host_view
 from hpcdl.collectives import block_counts
 from hpcdl.ops import SUPPORTED_DTYPES, bfloat16
@@ -123,36 +123,40 @@ def test_zero_size_buffers(ctx):
 # --- torch CPU tensors -----------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_torch_collectives(ctx, dtype):
-    f = Failures()
-    shape = (5, 3) if ctx.size < 3 else (ctx.size - 1,)
-    for i, op in enumerate(ops_for(dtype)):
-        for shp in ((1009,), shape):
-            xs = all_inputs(500 + i, ctx.size, shp, dtype, op)
-            ref = reduce_reference(xs, op)
-            t = to_torch(xs[ctx.rank])
-            res = hpcdl.allreduce(t, op=op, algorithm="native")
-            f.expect(f"{op} returns the tensor", res is t)
-            f.check(f"{op}{shp} in place", lambda: close(to_numpy(t), ref, xs, op))
-            out = torch.empty(shp, dtype=_TORCH[dtype])
-            hpcdl.allreduce(to_torch(xs[ctx.rank]), out=out, op=op, algorithm="native")
-            f.check(f"{op}{shp} out", lambda: close(to_numpy(out), ref, xs, op))
-    xs = all_inputs(600, ctx.size, (1009,), dtype)
-    t = to_torch(xs[ctx.rank])
-    hpcdl.broadcast(t, root=ctx.size - 1)
-    f.check("broadcast", lambda: np.testing.assert_array_equal(to_numpy(t), xs[-1]))
-    g = hpcdl.allgather(to_torch(xs[ctx.rank]))
-    f.expect("allgather allocates a tensor", isinstance(g, torch.Tensor) and g.dtype == _TORCH[dtype]
-             and tuple(g.shape) == (ctx.size, 1009), repr(type(g)))
-    f.check("allgather", lambda: np.testing.assert_array_equal(to_numpy(g), np.stack(xs)))
-    counts = block_counts(1009, ctx.size)
-    start = sum(counts[:ctx.rank])
-    sl = slice(start, start + counts[ctx.rank])
-    rs = hpcdl.reduce_scatter(to_torch(xs[ctx.rank]), op="sum")
-    f.expect("reduce_scatter allocates a tensor", isinstance(rs, torch.Tensor))
-    f.check("reduce_scatter", lambda: close(to_numpy(rs), reduce_reference([x[sl] for x in xs], "sum"),
-                                            [x[sl] for x in xs], "sum"))
-    f.assert_none()
+@pytest.mark.parametrize("group", group_params((3,)))
+def test_torch_collectives(group, dtype):
+    def body(c):
+        f = Failures()
+        shape = (5, 3) if c.size < 3 else (c.size - 1,)
+        for i, op in enumerate(ops_for(dtype)):
+            for shp in ((1009,), shape):
+                xs = all_inputs(500 + i, c.size, shp, dtype, op)
+                ref = reduce_reference(xs, op)
+                t = to_torch(xs[c.rank])
+                res = hpcdl.allreduce(t, op=op, algorithm="native", comm=c)
+                f.expect(f"{op} returns the tensor", res is t)
+                f.check(f"{op}{shp} in place", lambda: close(to_numpy(t), ref, xs, op))
+                out = torch.empty(shp, dtype=_TORCH[dtype])
+                hpcdl.allreduce(to_torch(xs[c.rank]), out=out, op=op, algorithm="native", comm=c)
+                f.check(f"{op}{shp} out", lambda: close(to_numpy(out), ref, xs, op))
+        xs = all_inputs(600, c.size, (1009,), dtype)
+        t = to_torch(xs[c.rank])
+        hpcdl.broadcast(t, root=c.size - 1, comm=c)
+        f.check("broadcast", lambda: np.testing.assert_array_equal(to_numpy(t), xs[-1]))
+        g = hpcdl.allgather(to_torch(xs[c.rank]), comm=c)
+        f.expect("allgather allocates a tensor", isinstance(g, torch.Tensor) and g.dtype == _TORCH[dtype]
+                 and tuple(g.shape) == (c.size, 1009), repr(type(g)))
+        f.check("allgather", lambda: np.testing.assert_array_equal(to_numpy(g), np.stack(xs)))
+        counts = block_counts(1009, c.size)
+        start = sum(counts[:c.rank])
+        sl = slice(start, start + counts[c.rank])
+        rs = hpcdl.reduce_scatter(to_torch(xs[c.rank]), op="sum", comm=c)
+        f.expect("reduce_scatter allocates a tensor", isinstance(rs, torch.Tensor))
+        f.check("reduce_scatter", lambda: close(to_numpy(rs), reduce_reference([x[sl] for x in xs], "sum"),
+                                                [x[sl] for x in xs], "sum"))
+        f.assert_none()
+
+    on_group(group, body)
 
 
 def test_torch_requires_grad_tensors(ctx):
@@ -209,10 +213,14 @@ def _fake_device_round(ctx, comm, dtype: str, seed: int) -> Failures:
     return f
 
 
+@pytest.mark.parametrize("group", group_params((3,)))
 @pytest.mark.parametrize("dtype", CAI_DTYPES)
-def test_fake_cuda_arrays_through_host_staging(ctx, dtype):
-    assert not ctx.comm.cuda_aware  # Open MPI here: the staging path
-    _fake_device_round(ctx, ctx.comm, dtype, 800).assert_none()
+def test_fake_cuda_arrays_through_host_staging(group, dtype):
+    def body(comm):
+        assert not getattr(comm, "cuda_aware", False)  # Open MPI here: the staging path
+        _fake_device_round(None, comm, dtype, 800).assert_none()
+
+    on_group(group, body)
 
 
 @pytest.fixture
@@ -230,6 +238,7 @@ def test_fake_cuda_arrays_direct_path(cuda_aware_comm, ctx, dtype):
     _fake_device_round(ctx, cuda_aware_comm, dtype, 900).assert_none()
 
 
+@pytest.mark.mpi_pass
 def test_fake_cuda_large_message(ctx):
     """9 MiB + a few elements: more than one staging chunk (4 MiB by default)."""
     count = (9 << 20) // 4 + 13
@@ -268,3 +277,34 @@ def test_torch_views_and_mixed_kinds(ctx):
     np.testing.assert_array_equal(base.numpy(), [0, 0, 0] + [total] * 5 + [0, 0])
     np.testing.assert_array_equal(out, np.full(5, 2.0 * ctx.size))
     np.testing.assert_array_equal(g, np.concatenate([np.arange(3) + r for r in range(ctx.size)]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int64"])
+def test_mpi_reads_device_buffers_through_their_own_interface(dtype):
+    """The CUDA-aware path hands mpi4py the caller's object (DLPack for torch, the CUDA
+    array interface otherwise), not a wrapper: a torch tensor that requires grad (torch
+    refuses to export it) and bfloat16 (no CAI typestr) must still go through. Over
+    COMM_SELF with memory that is really on the host, MPI moves real bytes."""
+    from mpi4py import MPI
+
+    from hpcdl.buffers import Buffer
+    from hpcdl.comm.mpi import MPICommunicator
+    from hpcdl.ops import ReduceOp
+
+    comm = MPICommunicator(MPI.COMM_SELF)
+    t = torch.arange(1, 8, dtype=_TORCH[dtype]).requires_grad_(dtype != "int64")
+    dt = SUPPORTED_DTYPES[dtype]
+    # described as device memory, as as_buffer does for a CUDA tensor
+    dev = Buffer(t, "torch", dt, tuple(t.shape), 0, None, t.data_ptr())
+    comm.bcast(dev, 0)
+    got = np.zeros(7 * 1, dt)
+    comm.allgather(dev, got)
+    np.testing.assert_array_equal(got.astype(np.float64), np.arange(1, 8))
+    if dtype != "bfloat16":  # MPI reduces it only after an upcast (hpcdl.ops.mpi_reducible)
+        comm.allreduce(dev, ReduceOp.SUM)
+        host = np.arange(1, 8).astype(dt)
+        cai = as_buffer(FakeCudaArray(host), writable=True)
+        assert cai.is_device
+        comm.allreduce(cai, ReduceOp.MAX)
+        comm.bcast(cai, 0)
+        np.testing.assert_array_equal(host, np.arange(1, 8))

@@ -1,6 +1,7 @@
 """The in-process FakeCommunicator: ranks as threads, for algorithm unit tests.
 
-In-process, so these run the same in every pass (serial or under mpiexec).
+In-process, so these are the same in every pass: they run once, serially
+(``fake_ranks``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hpcdl.ops import ReduceOp
 from numpy_reference import all_inputs, close, reduce_reference
 
 SIZES = [1, 2, 3, 4]
+pytestmark = pytest.mark.fake_ranks
 
 
 def test_is_a_communicator():
@@ -177,3 +179,30 @@ def test_a_rank_that_never_arrives_times_out():
 
     with pytest.raises(CommError):
         run_ranks(2, body, timeout=0.2)
+
+
+@pytest.mark.parametrize("size", [2, 5])
+def test_split_undefined_color_gives_none(size):
+    """MPI_UNDEFINED's role: a rank takes part in the split but joins no group."""
+    from hpcdl.comm.base import UNDEFINED
+
+    def body(c):
+        inside = c.rank % 2 == 1
+        sub = c.split(0 if inside else UNDEFINED, c.rank, name="odd")
+        x = np.array([float(c.rank)])
+        if sub is not None:
+            sub.allreduce(x, ReduceOp.SUM)
+        after = np.array([1.0])
+        c.allreduce(after, ReduceOp.SUM)  # the parent still works for everyone
+        return sub is None, None if sub is None else (sub.rank, sub.size), x[0], after[0]
+
+    odds = [r for r in range(size) if r % 2]
+    for rank, (none, shape, total, after) in enumerate(run_ranks(size, body)):
+        assert none == (rank % 2 == 0) and after == size
+        if not none:
+            assert shape == (odds.index(rank), len(odds)) and total == sum(odds)
+
+
+def test_split_rejects_a_negative_color():
+    with pytest.raises(CommError, match="rank 0.*color -2"):
+        run_ranks(1, lambda c: c.split(-2, 0))

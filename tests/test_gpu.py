@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch  # a test dependency: missing, it must fail, not skip
 
 import hpcdl
 
@@ -31,7 +32,6 @@ def test_allreduce_of_device_buffers(ctx, rng, monkeypatch, algorithm, kind, dty
         hpcdl.allreduce(dev, op="sum", algorithm=algorithm, comm=ctx.comm)
         got = cupy.asnumpy(dev)
     else:
-        torch = pytest.importorskip("torch")
         dev = torch.from_numpy(mine.copy()).cuda()
         hpcdl.allreduce(dev, op="sum", algorithm=algorithm, comm=ctx.comm)
         got = dev.cpu().numpy()
@@ -57,7 +57,6 @@ def test_pipeline_moves_device_bytes_through_the_gpu_backend(ctx):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_fp16_compressor_on_cuda_matches_cpu_path(ctx, rng, dtype):
-    torch = pytest.importorskip("torch")
     from hpcdl.compression import FP16Compressor
 
     x = torch.from_numpy(rng.standard_normal(100_003) * 1e3).to(getattr(torch, dtype))

@@ -17,29 +17,38 @@ from hpcdl.buffers import as_buffer
 from hpcdl.collectives.staging import staged_pipeline
 from hpcdl.device import HostEmulation
 
-from conftest import FakeCudaArray
+from conftest import FakeCudaArray, group_params, on_group
 
 
+@pytest.mark.parametrize("group", group_params((3,)))
 @pytest.mark.parametrize("algorithm", hpcdl.algorithm_names())
 @pytest.mark.parametrize("chunk_bytes", [24, 1000, 1 << 20])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int64"])
-def test_staged_allreduce_of_fake_device_buffers(ctx, rng, monkeypatch, algorithm, chunk_bytes,
+def test_staged_allreduce_of_fake_device_buffers(group, monkeypatch, algorithm, chunk_bytes,
                                                  dtype):
+    """Every algorithm through the staging pipeline, on real peers (mpi passes) or 3
+    in-process ranks (serial pass): one rank would reduce nothing."""
     monkeypatch.setenv("HPCDL_STAGING_CHUNK_BYTES", str(chunk_bytes))
     n = 1001  # odd: the last chunk is partial
-    mine = (rng.integers(1, 9, n) if dtype == "int64" else rng.integers(-8, 8, n) / 4).astype(dtype)
-    every = np.empty(ctx.size * n, mine.dtype)
-    ctx.comm.allgather(mine.copy(), every)
-    host = mine.copy()
-    hpcdl.allreduce(FakeCudaArray(host), op="sum", algorithm=algorithm, comm=ctx.comm)
-    out = np.full(n, -1, mine.dtype)
-    src = mine.copy()
-    hpcdl.allreduce(FakeCudaArray(src), out=FakeCudaArray(out), op="max", algorithm=algorithm,
-                    comm=ctx.comm)
-    expect = every.reshape(ctx.size, n).astype(np.float64).sum(0)
-    np.testing.assert_array_equal(host.astype(np.float64), expect)
-    np.testing.assert_array_equal(out, every.reshape(ctx.size, n).max(0))
-    np.testing.assert_array_equal(src, mine)  # the input is only read
+
+    def body(comm):
+        rng = np.random.default_rng(77 + comm.rank)
+        mine = (rng.integers(1, 9, n) if dtype == "int64" else rng.integers(-8, 8, n) / 4
+                ).astype(dtype)
+        every = np.empty(comm.size * n, mine.dtype)
+        comm.allgather(mine.copy(), every)
+        host = mine.copy()
+        hpcdl.allreduce(FakeCudaArray(host), op="sum", algorithm=algorithm, comm=comm)
+        out = np.full(n, -1, mine.dtype)
+        src = mine.copy()
+        hpcdl.allreduce(FakeCudaArray(src), out=FakeCudaArray(out), op="max",
+                        algorithm=algorithm, comm=comm)
+        expect = every.reshape(comm.size, n).astype(np.float64).sum(0)
+        np.testing.assert_array_equal(host.astype(np.float64), expect)
+        np.testing.assert_array_equal(out, every.reshape(comm.size, n).max(0))
+        np.testing.assert_array_equal(src, mine)  # the input is only read
+
+    on_group(group, body)
 
 
 class LazyStreams(HostEmulation):
@@ -80,6 +89,7 @@ class LazyStreams(HostEmulation):
         stream.queue.append(lambda: other.run_until(upto))
 
 
+@pytest.mark.fake_ranks
 @pytest.mark.parametrize("n,chunk_elems,slots", [(1, 4, 3), (10, 4, 3), (1001, 7, 3),
                                                  (1001, 64, 2), (1001, 7, 1), (64, 64, 3)])
 @pytest.mark.parametrize("copy_in", [True, False])
@@ -152,6 +162,7 @@ class _LoggedEvent:
         self.log.append(("wait", threading.current_thread().name))
 
 
+@pytest.mark.fake_ranks
 def test_producer_event_is_recorded_at_enqueue_and_waited_on_the_progress_thread(monkeypatch):
     """Defect 1: the progress thread must wait for an event recorded on the producer's
     stream when the op was *enqueued* (work queued later is not waited for), never for a

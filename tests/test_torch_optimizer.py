@@ -174,6 +174,7 @@ def test_fp16_compressor_of_hpcdl(ctx):
     assert max_diff(got, reference()) < FP16_TOL
 
 
+@pytest.mark.fake_ranks
 def test_fp16_compression_never_blocks_the_backward_hooks(monkeypatch):
     """Defect 4: the scale agreement (an allreduce of max) must not drain the async
     queue inside a gradient hook; it runs with the bucket's own queued operation.
@@ -396,3 +397,30 @@ def test_passthrough(ctx):
     opt.param_groups[0]["lr"] = 0.5
     opt.load_state_dict(saved)
     assert sgd.param_groups[0]["lr"] == 0.1 and len(sgd.state) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_bucket_pack_unpack_round_trip(scale):
+    """pack/unpack with multi-tensor ops: small tensors through _foreach_*, a large one
+    (over _FOREACH_MAX_NUMEL elements) through its own mul; missing gradients pack as
+    zeros and come back as zeros times the scale."""
+    from hpcdl.torch.buckets import _FOREACH_MAX_NUMEL, build_buckets, pack, unpack
+
+    g = torch.Generator().manual_seed(5)
+    shapes = [(3,), (_FOREACH_MAX_NUMEL + 7,), (4, 5), (1,), (2, 3, 2)]
+    params = [torch.zeros(s, requires_grad=True) for s in shapes]
+    buckets = build_buckets([(f"p{i}", p) for i, p in enumerate(params)], 1 << 30)
+    assert len(buckets) == 1
+    b = buckets[0]
+    b.allocate()
+    for i, p in enumerate(params):
+        p.grad = None if i == 3 else torch.randn(p.shape, generator=g)
+    sent = {id(p): (torch.zeros(p.shape) if p.grad is None else p.grad.clone()) for p in params}
+    pack(b)
+    for o, p in zip(b.offsets, b.params):
+        assert torch.equal(b.flat[o:o + p.numel()].view(p.shape), sent[id(p)])
+    reduced = b.flat * 3  # what a 3-rank sum of identical gradients would give
+    unpack(b, reduced, scale)
+    for p in params:
+        assert p.grad is not None
+        torch.testing.assert_close(p.grad, sent[id(p)] * 3 * scale, rtol=0, atol=0)

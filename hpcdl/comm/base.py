@@ -4,9 +4,16 @@ Algorithms (``hpcdl.collectives``) are pure functions of ``(comm, buffer, op)``
 and use only what is listed here, so the same ring or tree runs over real MPI
 (:class:`~hpcdl.comm.mpi.MPICommunicator`) and over the in-process fake
 (:class:`~hpcdl.comm.fake.FakeCommunicator`) used by unit tests. Point-to-point
-is part of the protocol because the parameter server and pipeline stages need
-it too. Buffers are flat, C-contiguous NumPy arrays (or, for the CUDA-aware MPI
-backend, device :class:`~hpcdl.buffers.Buffer` objects).
+is part of the protocol for the algorithms built on it (ring, tree,
+hierarchical, Horovod's Adasum). The parameter server (:mod:`hpcdl.ps`) and
+the pipeline stages (through the torch backend) do not use it: they talk to
+mpi4py directly on a communicator of their own (``MPICommunicator.mpi``),
+because they need what this protocol leaves out (matched probes for messages
+of unknown source and size in the parameter server, receives from any source
+in the torch backend). Buffers are flat,
+C-contiguous NumPy arrays (or, for the CUDA-aware MPI backend, device
+:class:`~hpcdl.buffers.Buffer` objects, which mpi4py reads through DLPack or
+``__cuda_array_interface__``).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import numpy as np
 from ..ops import ReduceOp
 
 __all__ = ["Communicator", "CommState", "Request", "internal_tag", "GUARANTEED_TAG_UB",
-           "RESERVED_TAGS"]
+           "RESERVED_TAGS", "UNDEFINED"]
 
 #: The largest tag every MPI must accept (the standard guarantees ``MPI_TAG_UB >= 32767``).
 GUARANTEED_TAG_UB = 32767
@@ -26,6 +33,10 @@ GUARANTEED_TAG_UB = 32767
 #: tag_ub``; users have every tag below. One tag per phase is enough: MPI's
 #: non-overtaking rule matches messages between two ranks on one tag in order.
 RESERVED_TAGS = 8
+#: The ``split`` color of a rank that joins no new communicator (it gets ``None``): the
+#: role of ``MPI_UNDEFINED``. Its value is Open MPI's; the MPI backend passes the
+#: library's own ``MPI.UNDEFINED`` (MPICH's differs), so this module needs no mpi4py.
+UNDEFINED = -32766
 
 
 def internal_tag(comm: Any, k: int) -> int:
@@ -90,5 +101,6 @@ class Communicator(Protocol):
     def allgather_object(self, obj: Any) -> list[Any]: ...
     def bcast_object(self, obj: Any, root: int = 0) -> Any: ...
 
-    # groups
-    def split(self, color: int, key: int, *, name: str | None = None) -> "Communicator": ...
+    # groups: ranks with ``color == UNDEFINED`` take part in the collective and get None
+    def split(self, color: int, key: int, *,
+              name: str | None = None) -> "Communicator | None": ...

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import CommError
-from .base import GUARANTEED_TAG_UB, CommState
+from .base import GUARANTEED_TAG_UB, UNDEFINED, CommState
 from ..ops import ReduceOp, reduce_into
 
 __all__ = ["FakeCommunicator", "run_ranks"]
@@ -71,7 +71,7 @@ class FakeCommunicator(CommState):
         self.rank = rank
         self.size = world.size
         self._nsplits = 0
-        self._named: dict[str, "FakeCommunicator"] = {}
+        self._named: dict[str, "FakeCommunicator | None"] = {}
         self.tag_ub = GUARANTEED_TAG_UB  # the least any MPI offers: what code may rely on
 
     def __repr__(self) -> str:
@@ -164,12 +164,20 @@ class FakeCommunicator(CommState):
     def bcast_object(self, obj: Any, root: int = 0) -> Any:
         return self._exchange(obj if self.rank == root else None)[root]
 
-    def split(self, color: int, key: int, *, name: str | None = None) -> "FakeCommunicator":
+    def split(self, color: int, key: int, *,
+              name: str | None = None) -> "FakeCommunicator | None":
         if name is not None and name in self._named:
             return self._named[name]
+        if color < 0 and color != UNDEFINED:  # what MPI_ERR_ARG would say
+            raise self._fail("split", f"color {color} is negative and not UNDEFINED")
         if self.executor is not None:  # like MPI: the split follows the queued collectives
             self.executor.quiesce()
         pairs = self._exchange((color, key))
+        if color == UNDEFINED:  # took part in the collective, joins no group (COMM_NULL)
+            self._nsplits += 1
+            if name is not None:
+                self._named[name] = None  # type: ignore[assignment]
+            return None
         members = sorted((k, r) for r, (c, k) in enumerate(pairs) if c == color)
         seq = self._nsplits
         self._nsplits += 1

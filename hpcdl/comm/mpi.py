@@ -14,14 +14,15 @@ from mpi4py import MPI
 
 from .. import trace
 from ..buffers import Buffer
+from .base import UNDEFINED
 from ..errors import CommError, DtypeError
 from ..ops import ReduceOp, dtype_name
 from .base import CommState
 
 __all__ = ["MPICommunicator", "mpi_datatype", "mpi_error"]
 
-_MPI_TYPES = {np.dtype(np.float64): MPI.DOUBLE, np.dtype(np.float32): MPI.FLOAT,
-              np.dtype(np.int32): MPI.INT32_T, np.dtype(np.int64): MPI.INT64_T}
+#: The dtypes MPI reduces natively; float16/bfloat16 are upcast first (ops.mpi_reducible).
+_REDUCIBLE = frozenset(np.dtype(t) for t in (np.float64, np.float32, np.int32, np.int64))
 _MPI_OPS = {ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.MIN: MPI.MIN,
             ReduceOp.MAX: MPI.MAX, ReduceOp.PROD: MPI.PROD}
 
@@ -29,29 +30,38 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def mpi_datatype(dtype: np.dtype) -> MPI.Datatype:
-    """The MPI datatype that *reduces* ``dtype``; float16/bfloat16 have none on purpose."""
-    try:
-        return _MPI_TYPES[dtype]
-    except KeyError:
+    """The MPI datatype that *reduces* ``dtype``; float16/bfloat16 have none on purpose.
+
+    mpi4py maps NumPy's type codes to MPI's predefined datatypes itself
+    (``Datatype.fromcode``, what ``mpi4py.util.dtlib.from_numpy_dtype`` calls for an
+    elementary dtype). dtlib's wrapper returns a ``Dup`` the caller must ``Free``,
+    which costs two MPI calls per collective and hands the reduction a derived
+    type instead of the predefined one, so the mapping is asked directly.
+    """
+    if dtype not in _REDUCIBLE:
         raise DtypeError(f"MPI cannot reduce {dtype_name(dtype)}; upcast it first "
-                         "(hpcdl.ops.mpi_reducible)") from None
+                         "(hpcdl.ops.mpi_reducible)")
+    return MPI.Datatype.fromcode(dtype.char)
 
 
-class _DeviceBytes:
-    """Exposes a device Buffer's bytes through ``__cuda_array_interface__`` for mpi4py."""
+def _memory(buf: Buffer) -> Any:
+    """What mpi4py reads a device Buffer through: the caller's own object.
 
-    def __init__(self, buf: Buffer) -> None:
-        self.__cuda_array_interface__ = {"shape": (buf.nbytes,), "typestr": "|u1",
-                                         "data": (buf.ptr, False), "version": 3,
-                                         "strides": None, "stream": None}
+    mpi4py (>= 3.1) takes any object exposing ``__dlpack__`` or
+    ``__cuda_array_interface__`` as a buffer and does no stream synchronisation
+    of its own (DLPack ``stream=-1``; CAI's ``stream`` is ignored): hpcdl has
+    already waited on the producer's ready event. torch refuses to export a
+    tensor that requires grad, so its detached alias goes instead.
+    """
+    return buf.obj.detach() if buf.kind == "torch" else buf.obj
 
 
 def _spec(buf: "np.ndarray | Buffer", reduce: bool = False) -> list:
     """``[memory, count, datatype]`` for mpi4py: typed for reductions, bytes otherwise."""
     if isinstance(buf, Buffer):
         if reduce:
-            return [_DeviceBytes(buf), buf.size, mpi_datatype(buf.dtype)]
-        return [_DeviceBytes(buf), buf.nbytes, MPI.BYTE]
+            return [_memory(buf), buf.size, mpi_datatype(buf.dtype)]
+        return [_memory(buf), buf.nbytes, MPI.BYTE]
     if reduce:
         return [buf, buf.size, mpi_datatype(buf.dtype)]
     return [buf.view(np.uint8) if buf.size else np.empty(0, np.uint8), buf.nbytes, MPI.BYTE]
@@ -179,17 +189,21 @@ class MPICommunicator(CommState):
 
     # groups ------------------------------------------------------------------
     @_mpi_errors("split")
-    def split(self, color: int, key: int, *, name: str | None = None) -> "MPICommunicator":
+    def split(self, color: int, key: int, *,
+              name: str | None = None) -> "MPICommunicator | None":
         """Collective. With ``name`` the result is cached under it: every rank must pass
         the same ``name`` for the same grouping, so that all ranks hit the cache or
         all call MPI_Comm_split (a cache keyed on the local color would let one rank
-        skip the collective while the others wait in it)."""
+        skip the collective while the others wait in it). A rank whose color is
+        :data:`~hpcdl.comm.base.UNDEFINED` gets ``None`` (MPI gives it COMM_NULL)."""
         if name is not None and name in self._splits:
             return self._splits[name]
         if self.executor is not None:  # MPI_Comm_split must follow the queued collectives
             self.executor.quiesce()
-        sub = MPICommunicator(self.mpi.Split(color, key))
-        sub.cuda_aware = self.cuda_aware
+        new = self.mpi.Split(MPI.UNDEFINED if color == UNDEFINED else color, key)
+        sub = None if new == MPI.COMM_NULL else MPICommunicator(new)
+        if sub is not None:
+            sub.cuda_aware = self.cuda_aware
         if name is not None:
             self._splits[name] = sub
         return sub

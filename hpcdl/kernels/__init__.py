@@ -7,7 +7,8 @@ are compiled at run time with NVRTC through ``cupy.RawModule``, once per
 
 * ``pack.cu``      multi-tensor pack / unpack with fused scale and cast
 * ``quantize.cu``  per-chunk absmax, FP16 quantize (+ error feedback), dequantize
-* ``reduce.cu``    dst = dst op src for fp16 / bf16 / fp32 payloads, fp32 math
+* ``reduce.cu``    dst = dst op src for fp16 / bf16 / fp32 payloads, fp32 math (used by
+  ``fusion.reduce_into`` only: no collective reduces on the device yet)
 
 Python entry points: :mod:`hpcdl.kernels.fusion` (device arrays), and
 :mod:`hpcdl.kernels.reference` (NumPy, the specification the GPU tests check).

@@ -1,7 +1,13 @@
-// dst = dst (op) src elementwise, for the payloads MPI cannot reduce itself
-// (fp16, bf16; fp32 too, for device-side algorithms). Each step computes in
-// float32 and rounds once, as hpcdl.ops.reduce_into does with NumPy.
-// min/max propagate NaN like numpy.minimum/maximum (fminf/fmaxf would drop it).
+// dst = dst (op) src elementwise on the device, for fp16, bf16 and fp32 (the
+// types MPI has no reduction for, and fp32 beside them), ops sum/prod/min/max.
+// Reached through hpcdl.kernels.fusion.reduce_into (compiled on first use with
+// NVRTC). No collective calls it today: the allreduce algorithms reduce host
+// NumPy buffers (device data is staged, or handed to a CUDA-aware MPI whole);
+// it is the building block for device-side algorithms and is tested against
+// the NumPy reference (tests/test_kernels.py) on a GPU.
+// Each step computes in float32 and rounds once to T, as hpcdl.ops.reduce_into
+// does with NumPy. min/max propagate NaN like numpy.minimum/maximum (fminf/fmaxf
+// would drop it).
 #include "common.cuh"
 
 #define HPCDL_SUM 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 import torch
+import torch.utils._pytree as pytree
 
 from ..collectives import broadcast
 from ..collectives.handle import drain
@@ -89,11 +90,10 @@ def broadcast_parameters(params: "Mapping[str, torch.Tensor] | Iterable[Any]",
         with torch.no_grad():
             flat = torch.cat([t.detach().reshape(-1).to(device) for t in ts])
             broadcast(flat, root=root_rank, comm=c)
-            offset = 0
-            for t in ts:
-                n = t.numel()
-                t.detach().copy_(flat[offset:offset + n].view(t.shape))
-                offset += n
+            parts = flat.split([t.numel() for t in ts])
+            # one multi-tensor copy back (it also copies across devices)
+            torch._foreach_copy_([t.detach() for t in ts],
+                                 [p.view(t.shape) for p, t in zip(parts, ts)])
     if odd:
         values = broadcast_object([t.detach().cpu() for t in odd], root_rank, c)
         with torch.no_grad():
@@ -111,25 +111,22 @@ class _Slot:
 
 
 def _strip(obj: Any, out: list[torch.Tensor]) -> Any:
-    """``obj`` with every tensor replaced by a :class:`_Slot` (tensors appended to ``out``)."""
-    if isinstance(obj, torch.Tensor):
-        out.append(obj.detach().cpu())
-        return _Slot(len(out) - 1, tuple(obj.shape), obj.dtype)
-    if isinstance(obj, dict):
-        return {k: _strip(v, out) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_strip(v, out) for v in obj)
-    return obj
+    """``obj`` with every tensor replaced by a :class:`_Slot` (tensors appended to ``out``).
+
+    torch's pytree walks the containers (dicts, lists, tuples, named tuples), in
+    the same order on every rank since the structure is the root's, pickled.
+    """
+    def slot(leaf: Any) -> Any:
+        if not isinstance(leaf, torch.Tensor):
+            return leaf
+        out.append(leaf.detach().cpu())
+        return _Slot(len(out) - 1, tuple(leaf.shape), leaf.dtype)
+
+    return pytree.tree_map(slot, obj)
 
 
 def _fill(obj: Any, tensors: list[torch.Tensor]) -> Any:
-    if isinstance(obj, _Slot):
-        return tensors[obj.index]
-    if isinstance(obj, dict):
-        return {k: _fill(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_fill(v, tensors) for v in obj)
-    return obj
+    return pytree.tree_map(lambda v: tensors[v.index] if isinstance(v, _Slot) else v, obj)
 
 
 def broadcast_optimizer_state(optimizer: Any, root_rank: int = 0,
@@ -149,21 +146,9 @@ def broadcast_optimizer_state(optimizer: Any, root_rank: int = 0,
     skeleton = _strip(opt.state_dict(), tensors) if c.rank == root_rank else None
     skeleton = broadcast_object(skeleton, root_rank, c)
     if c.rank != root_rank:
-        slots: list[_Slot] = []
-        _collect_slots(skeleton, slots)
+        slots = [v for v in pytree.tree_leaves(skeleton) if isinstance(v, _Slot)]
         tensors = [torch.empty(s.shape, dtype=s.dtype) for s in sorted(slots,
                                                                         key=lambda s: s.index)]
     broadcast_parameters(tensors, root_rank, c)
     if c.rank != root_rank:
         opt.load_state_dict(_fill(skeleton, tensors))
-
-
-def _collect_slots(obj: Any, out: list[_Slot]) -> None:
-    if isinstance(obj, _Slot):
-        out.append(obj)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            _collect_slots(v, out)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _collect_slots(v, out)

@@ -1,4 +1,4 @@
-"""``DistributedSampler``: a disjoint shard of the dataset per rank, the same length on all.
+"""``DistributedSampler``: torch's sampler, sharded by hpcdl's ranks and checked across them.
 
     sampler = hpcdl.torch.DistributedSampler(dataset, shuffle=True, seed=42)
     loader = DataLoader(dataset, batch_size=32, sampler=sampler)
@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Sized
 
 import torch
+import torch.utils.data.distributed
 
 from ..collectives.handle import drain
 from ..comm.base import Communicator
@@ -44,8 +45,14 @@ from ..runtime import default_comm
 __all__ = ["DistributedSampler"]
 
 
-class DistributedSampler(torch.utils.data.Sampler[int]):
-    """Indices of this rank's shard; usable as a ``DataLoader`` ``sampler``.
+class DistributedSampler(torch.utils.data.distributed.DistributedSampler):
+    """torch's ``DistributedSampler`` (same indices), with hpcdl's ranks and checks.
+
+    What hpcdl adds: the shard count and rank come from the communicator rather
+    than a torch process group, the constructor checks that every rank sees the
+    same dataset length, seed and drop rule (a mismatch would make the step
+    counts differ and a collective hang), ``dataset`` may be a length, and
+    ``set_start`` resumes mid-epoch.
 
     Args:
         dataset: a sized dataset, or its length as an ``int``.
@@ -68,6 +75,7 @@ class DistributedSampler(torch.utils.data.Sampler[int]):
             rank = c.rank if rank is None else rank
             if num_replicas == c.size:
                 _check_agreement(c, (int(n), int(seed), bool(drop_last), bool(shuffle)))
+        # hpcdl's errors (naming rank and op) before torch's bare ValueError
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise InvalidArgumentError(f"rank={rank} is not in 0..{num_replicas - 1}",
                                        rank=rank, op="DistributedSampler")
@@ -76,21 +84,15 @@ class DistributedSampler(torch.utils.data.Sampler[int]):
                                        f"{num_replicas} ranks a sample"
                                        + (" with drop_last=True" if drop_last else ""),
                                        rank=rank, op="DistributedSampler")
+        super().__init__(range(int(n)) if isinstance(dataset, int) else dataset,
+                         num_replicas=int(num_replicas), rank=int(rank), shuffle=shuffle,
+                         seed=int(seed), drop_last=drop_last)
         self.length = int(n)
-        self.num_replicas = int(num_replicas)
-        self.rank = int(rank)
-        self.shuffle = shuffle
-        self.seed = int(seed)
-        self.drop_last = drop_last
-        self.epoch = 0
         self.start = 0
-        self.num_samples = (self.length // self.num_replicas if drop_last
-                            else -(-self.length // self.num_replicas))
-        self.total_size = self.num_samples * self.num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the shuffle of ``epoch`` (call with the same value on every rank)."""
-        self.epoch = int(epoch)
+        super().set_epoch(int(epoch))
         self.start = 0
 
     def set_start(self, position: int) -> None:
@@ -101,7 +103,8 @@ class DistributedSampler(torch.utils.data.Sampler[int]):
         self.start = int(position)
 
     def global_order(self) -> list[int]:
-        """The padded (or trimmed) index list that all ranks cut their shards from."""
+        """The padded (or trimmed) index list that all ranks cut their shards from:
+        torch's shard of rank ``r`` is ``global_order()[r::num_replicas]`` (tested)."""
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed + self.epoch)
@@ -115,13 +118,12 @@ class DistributedSampler(torch.utils.data.Sampler[int]):
         return (order * reps)[:self.total_size]
 
     def __iter__(self) -> Iterator[int]:
-        order = self.global_order()
-        if self.start:
-            rest = order[self.start:]
-            n = len(self)
-            rest = (rest * -(-n * self.num_replicas // max(1, len(rest))))[:n * self.num_replicas]
-            return iter(rest[self.rank::self.num_replicas])
-        return iter(order[self.rank:self.total_size:self.num_replicas])
+        if not self.start:
+            return super().__iter__()
+        rest = self.global_order()[self.start:]
+        n = len(self)
+        rest = (rest * -(-n * self.num_replicas // max(1, len(rest))))[:n * self.num_replicas]
+        return iter(rest[self.rank::self.num_replicas])
 
     def __len__(self) -> int:
         if self.start:
