@@ -51,7 +51,7 @@ def clock_offset(comm: Any) -> tuple[int, int]:
 
 
 class Recorder:
-    """Buffers events and appends them as JSON lines; the first line describes the rank."""
+    """Buffers events and appends one JSON line per flush; the first line describes the rank."""
 
     def __init__(self, directory: str, comm: Any) -> None:
         self.directory = directory
