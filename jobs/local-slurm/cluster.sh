@@ -115,7 +115,8 @@ write_conf() {  # $1: node name, for TmpFS (pmix collides when two slurmd share 
         echo "SlurmUser=root"
         echo "SlurmdUser=root"
         echo "AuthType=auth/munge"
-        echo "AuthInfo=socket=$T/munge/munge.socket"
+        # cred_expire: a requeued job waits this long to start again (default 120 s)
+        echo "AuthInfo=socket=$T/munge/munge.socket,cred_expire=10"
         echo "CredType=cred/munge"
         echo "StateSaveLocation=$T/state"
         if (( UTS )); then  # one path, a different folder on each node (bind mounts)

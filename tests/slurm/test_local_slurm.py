@@ -144,8 +144,8 @@ def test_requeue_job_checkpoints_on_usr1_and_resumes(tmp_path: Path) -> None:
         assert sig.returncode == 0, sig.stdout + sig.stderr
         _wait_for("the requeue", lambda: _job_state(job)[1] >= 1, 300, log)
         print(f"requeued after {time.monotonic() - start:.0f} s")
-        # Slurm holds a requeued job ~2 minutes (BeginTime); a test need not wait for it.
-        run(["scontrol", "update", f"JobId={job}", "StartTime=now"], 30)
+        # Slurm holds a requeued job for cred_expire (default 120 s; the local cluster sets
+        # 10 s). Forcing an earlier start gets it killed: "Job credential revoked".
         _wait_for("the requeued run to finish",
                   lambda: _job_state(job) in {("COMPLETED", 1), ("GONE", 0)}
                   or _job_state(job)[0] in {"FAILED", "CANCELLED", "TIMEOUT"}, 400, log)
