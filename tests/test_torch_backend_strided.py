@@ -57,21 +57,20 @@ def test_send_and_recv_strided(dtype, kind):
     mine = rank_data(21, rank, SHAPE, dtype)
     theirs = rank_data(21, down, SHAPE, dtype)
     send, _ = strided_like(mine, kind)
-    # irecv into a strided buffer, blocking send of a strided tensor.
-    out, base = strided_like(torch.zeros(SHAPE, dtype=dtype), kind)
-    work = dist.irecv(out, down, tag=3)
-    dist.send(send, up, tag=3)
-    work.wait()
-    exact(out, theirs)
-    assert untouched(base, kind)
-    exact(send, mine)  # the send's copy is not the caller's tensor
-    # isend of a strided tensor, blocking recv into a strided buffer.
-    out2, base2 = strided_like(torch.zeros(SHAPE, dtype=dtype), kind)
-    work = dist.isend(send, up, tag=4)
-    dist.recv(out2, down, tag=4)
-    work.wait()
-    exact(out2, theirs)
-    assert untouched(base2, kind)
+    # irecv into a strided buffer with a blocking send of a strided tensor (tag 3), then
+    # isend of a strided tensor with a blocking recv into a strided buffer (tag 4).
+    for tag in (3, 4):
+        out, base = strided_like(torch.zeros(SHAPE, dtype=dtype), kind)
+        if tag == 3:
+            work = dist.irecv(out, down, tag=tag)
+            dist.send(send, up, tag=tag)
+        else:
+            work = dist.isend(send, up, tag=tag)
+            dist.recv(out, down, tag=tag)
+        work.wait()
+        exact(out, theirs)
+        assert untouched(base, kind)
+        exact(send, mine)  # the send's copy is not the caller's tensor
 
 
 @pytest.mark.mpi(min_size=2)
