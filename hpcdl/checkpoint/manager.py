@@ -121,15 +121,14 @@ class CheckpointManager:
             save_sharded(sharded, tmp / SHARDED)   # collective; ends when all have written
         if rank == 0:
             try:
+                # every rank's files, and DCP's (written by whichever ranks held shards)
+                listed = {k: v for f, _, _ in everyone for k, v in f.items()}
                 if with_sharded:
-                    files = {f"{SHARDED}/{p.name}": {"sha256": sha256_file(p),
-                                                     "bytes": p.stat().st_size}
-                             for p in sorted((tmp / SHARDED).iterdir()) if p.is_file()}
-                else:
-                    files = {}
-                files.update({k: v for f, _, _ in everyone for k, v in f.items()})
+                    listed.update({f"{SHARDED}/{p.name}": {"sha256": sha256_file(p),
+                                                           "bytes": p.stat().st_size}
+                                   for p in sorted((tmp / SHARDED).iterdir()) if p.is_file()})
                 manifest = {"format": FORMAT, "step": int(step), "size": c.size,
-                            "time": time.time(), "sharded": with_sharded, "files": files}
+                            "time": time.time(), "sharded": with_sharded, "files": listed}
                 atomic_write(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
                 if final.exists():
                     shutil.rmtree(final)

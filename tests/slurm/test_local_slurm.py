@@ -114,6 +114,13 @@ def _job_state(job: str) -> tuple[str, int]:
     return (state.group(1) if state else "GONE", int(restarts.group(1)) if restarts else 0)
 
 
+def _ended(job: str) -> bool:
+    """Run 2 completed, Slurm forgot the job, or it ended badly (one scontrol call)."""
+    state, restarts = _job_state(job)
+    return (state, restarts) in {("COMPLETED", 1), ("GONE", 0)} or \
+        state in {"FAILED", "CANCELLED", "TIMEOUT"}
+
+
 def _wait_for(what: str, check, timeout: float, log: Path) -> None:
     """Poll ``check()`` every second until true; fail naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -146,15 +153,14 @@ def test_requeue_job_checkpoints_on_usr1_and_resumes(tmp_path: Path) -> None:
         print(f"requeued after {time.monotonic() - start:.0f} s")
         # Slurm holds a requeued job for cred_expire (default 120 s; the local cluster sets
         # 10 s). Forcing an earlier start gets it killed: "Job credential revoked".
-        _wait_for("the requeued run to finish",
-                  lambda: _job_state(job) in {("COMPLETED", 1), ("GONE", 0)}
-                  or _job_state(job)[0] in {"FAILED", "CANCELLED", "TIMEOUT"}, 400, log)
+        _wait_for("the requeued run to finish", lambda: _ended(job), 400, log)
         print(f"finished after {time.monotonic() - start:.0f} s")
     finally:
         run(["scancel", job], 30)    # whatever happened: no job left behind
     text = log.read_text(errors="replace")
     print(text)
-    assert _job_state(job)[0] in {"COMPLETED", "GONE"}, (_job_state(job), text[-4000:])
+    final = _job_state(job)
+    assert final[0] in {"COMPLETED", "GONE"}, (final, text[-4000:])
     assert "USR1: asking the ranks to checkpoint" in text, text[-4000:]
     assert f"requeueing job {job}" in text and f"run 2 of job {job}" in text, text[-4000:]
     assert re.search(r"resumed from .*step-\d+ \(step [1-9]\d*", text), text[-4000:]
