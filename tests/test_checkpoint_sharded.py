@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.distributed.fsdp import fully_shard
 
+import hpcdl
 from hpcdl.checkpoint import CheckpointManager
 from hpcdl.checkpoint.manager import CheckpointError
 from torch_backend_util import world
@@ -106,9 +107,28 @@ def test_corrupt_shard_falls_back_to_previous(ctx, shared_dir, capsys):
 def test_sharded_must_be_given_everywhere_and_exist(ctx, shared_dir):
     m = CheckpointManager(shared_dir, keep=2)
     m.save(3, {"step": 3} if ctx.rank == 0 else None, None)   # no sharded part
-    with pytest.raises(CheckpointError, match="holds no sharded state"):
+    with pytest.raises(CheckpointError, match=f"rank {ctx.rank}/{ctx.size}.*holds no sharded "
+                       "state"):
         m.load(sharded={"model": net(0).state_dict()})
     if ctx.size > 1:
         ask = {"model": net(0).state_dict()} if ctx.rank == 1 else None
-        with pytest.raises(CheckpointError, match=r"sharded= given on rank\(s\) 1 only"):
+        with pytest.raises(CheckpointError, match=f"rank {ctx.rank}/{ctx.size}.*"
+                           r"sharded= given on rank\(s\) 1 only"):
             m.save(4, None, None, sharded=ask)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_sharded_state_needs_a_manager_over_every_rank(ctx, shared_dir):
+    # DCP runs over torch.distributed's default group: a subgroup's manager cannot use it.
+    sub = hpcdl.subgroup([0, 1])
+    if sub is None:
+        return
+    m = CheckpointManager(shared_dir / "sub", comm=sub)
+    if ctx.size == 2:   # the subgroup is every rank: allowed
+        m.save(1, {"step": 1} if sub.rank == 0 else None, None,
+               sharded={"model": net(0).state_dict()})
+        return
+    with pytest.raises(CheckpointError, match=f"rank {sub.rank}/2.*needs a manager over every "
+                       f"rank \\(this one spans 2 of {ctx.size}\\)"):
+        m.save(1, {"step": 1} if sub.rank == 0 else None, None,
+               sharded={"model": net(0).state_dict()})
