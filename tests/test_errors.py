@@ -217,7 +217,9 @@ def test_debug_switch(ctx, monkeypatch):
     finally:
         hpcdl.set_debug(False)
     assert not debug_enabled()
-    with pytest.raises(TypeError, match="True, False or None"):
+    with pytest.raises(hpcdl.InvalidArgumentError,
+                       match=f"rank {ctx.rank}/{ctx.size}.*set_debug.*on='1': use True, False "
+                       "or None"):
         hpcdl.set_debug("1")
 
 
