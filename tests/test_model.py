@@ -254,12 +254,47 @@ def test_measure_command_inside_a_job_writes_measurements(tmp_path):
     """``hpcdl model measure`` run as the ranks of a job measures there (runtime.under_launcher)."""
     out = tmp_path / "measurements.json"
     cmd = [str(Path(sys.executable).parent / "hpcdl"), "launch", "-n", "2", "--", "python", "-m",
-           "hpcdl.model.measure_cli", "--sizes", "4,4096", "--rounds", "1", "--budget", "0.002",
+           "hpcdl.model.measure_cli", "--sizes", "4,4096", "--rounds", "2", "--budget", "0.002",
            "--out", str(out)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for k in [k for k in env if k.startswith(("OMPI_", "PMIX_", "PRTE_"))]:
         env.pop(k)  # a clean launch even when pytest itself runs under mpiexec
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    record = json.loads(out.read_text())
-    assert "n=2" in done.stdout and record
+    run = json.loads(out.read_text())["runs"]["2"]
+    assert "n=2" in done.stdout and run["ranks"] == 2
+    for name in FLAT:   # every round of every (algorithm, size) kept; the best one fitted
+        rounds = dict((n, ts) for n, ts in run["allreduce_rounds"][name])
+        assert sorted(rounds) == [4, 4096] and all(len(ts) == 2 for ts in rounds.values())
+        assert run["allreduce"][name] == [[n, min(rounds[n])] for n in (4, 4096)]
+        assert all(t > 0 for ts in rounds.values() for t in ts)
+
+
+def test_measure_command_refuses_zero_rounds(capsys):
+    from hpcdl.model.measure_cli import main as measure_main
+
+    with pytest.raises(SystemExit) as e:
+        measure_main(["--rounds", "0"])
+    assert e.value.code == 2 and "--rounds 0" in capsys.readouterr().err
+
+
+def test_compare_reports_the_measurement_spread_and_the_command_counts_rows(tmp_path, capsys):
+    """With every round kept, each row carries slowest / fastest - 1 of its rounds, and
+    ``hpcdl model`` counts the rows within 20% and within that spread."""
+    data = synthetic()
+    run = data["runs"]["2"]
+    run["allreduce_rounds"] = {name: [[n, [t, t * 1.5]] for n, t in rows]
+                               for name, rows in run["allreduce"].items()}
+    rows = compare(data, fit(data))
+    two = [r for r in rows if r["ranks"] == 2]
+    assert two and all(r["spread"] == pytest.approx(0.5) for r in two)
+    assert all(r["spread"] is None for r in rows if r["ranks"] != 2)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    assert model_main(["--data", str(path), "--ranks", "8"]) == 0
+    out = capsys.readouterr().out
+    judged = sum(r["bytes"] >= 1 << 16 for r in rows)
+    assert f"{judged} of {judged} rows within 20%" in out
+    two_judged = sum(r["bytes"] >= 1 << 16 for r in two)   # only 2 ranks have rounds
+    assert f"{two_judged} of {judged} judged rows have an error within it" in out
+    assert "the runs at 3, 4 ranks had more ranks than the 2 cores" in out

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .fit import compare, fit
+from .fit import compare, fit, oversubscription
 from .measure import load_measurements, user_measurements_path
 from .project import PRESETS, Network, crossovers, parse_quantity, project
 
@@ -100,15 +100,32 @@ def report(args: argparse.Namespace) -> int:
     print(f"\nmodel vs measured (error = predicted / measured - 1; judged from "
           f"{_human(args.min_bytes)} up):")
     print(f"{'ranks':>5} {'algorithm':>10} {'size':>10} {'measured(us)':>13} "
-          f"{'model(us)':>10} {'error':>7}")
-    worst = 0.0
+          f"{'model(us)':>10} {'error':>7} {'spread':>7}")
+    worst, judged_rows, within, within_spread = 0.0, 0, 0, 0
     for r in rows:
         judged = r["bytes"] >= args.min_bytes
-        worst = max(worst, abs(r["error"])) if judged else worst
+        spread = f"{100 * r['spread']:6.1f}%" if r["spread"] is not None else "      -"
         print(f"{r['ranks']:5d} {r['algorithm']:>10} {_human(r['bytes']):>10} "
               f"{r['measured_s'] * 1e6:13.1f} {r['predicted_s'] * 1e6:10.1f} "
-              f"{100 * r['error']:+6.1f}%{'' if judged else '  (not judged)'}")
-    print(f"largest error from {_human(args.min_bytes)} up: {100 * worst:.1f}%")
+              f"{100 * r['error']:+6.1f}% {spread}{'' if judged else '  (not judged)'}")
+        if judged:
+            worst = max(worst, abs(r["error"]))
+            judged_rows += 1
+            within += abs(r["error"]) <= 0.2
+            within_spread += r["spread"] is not None and abs(r["error"]) <= r["spread"]
+    print(f"largest error from {_human(args.min_bytes)} up: {100 * worst:.1f}%; "
+          f"{within} of {judged_rows} rows within 20%")
+    if any(r["spread"] is not None for r in rows):
+        print(f"'spread': slowest / fastest round of the measurement itself - 1; "
+              f"{within_spread} of {judged_rows} judged rows have an error within it")
+    cores = {int(run.get("cores") or 0) for run in data["runs"].values()}
+    over = sorted(int(k) for k, run in data["runs"].items() if oversubscription(run) > 1)
+    if over:
+        print(f"note: the runs at {', '.join(map(str, over))} ranks had more ranks than the "
+              f"{'/'.join(map(str, sorted(cores)))} cores of their node; their timings "
+              "include the operating system's scheduling of busy-polling ranks, which the "
+              "model only approximates ('+oversub'). Measure on a node with a core per rank "
+              "to judge the model for clusters.")
 
     net = _network(args)
     proj = project(f, net, args.ranks_per_node, args.ranks, args.sizes)

@@ -159,15 +159,22 @@ def predict(f: Fit, name: str, run: dict[str, Any], n: float) -> float:
 
 
 def compare(data: dict[str, Any], f: Fit) -> list[dict[str, Any]]:
-    """One row per (ranks, algorithm, size): measured, predicted, relative error."""
+    """One row per (ranks, algorithm, size): measured, predicted, relative error, and
+    ``spread``: how far the measurement's own rounds lay apart (slowest / fastest - 1;
+    None when the file has a single round or predates ``allreduce_rounds``)."""
     out = []
     for key in sorted(data["runs"], key=int):
         run = data["runs"][key]
+        rounds = {name: {int(n): ts for n, ts in rows}
+                  for name, rows in run.get("allreduce_rounds", {}).items()}
         for name, rows in run.get("allreduce", {}).items():
             if name not in f.algorithms or int(run["ranks"]) < 2:
                 continue
             for n, t in rows:
                 pred = predict(f, name, run, n)
+                ts = rounds.get(name, {}).get(int(n), [])
+                spread = max(ts) / min(ts) - 1 if len(ts) > 1 and min(ts) > 0 else None
                 out.append({"ranks": int(run["ranks"]), "algorithm": name, "bytes": int(n),
-                            "measured_s": t, "predicted_s": pred, "error": pred / t - 1})
+                            "measured_s": t, "predicted_s": pred, "error": pred / t - 1,
+                            "spread": spread})
     return out

@@ -8,8 +8,10 @@ under ``runs[<rank count>]``:
 * ``reduce``: one local reduction (``numpy.add`` in place, float32) per size
   from 64 KiB: gamma, in and out of cache;
 * ``allreduce``: every flat algorithm (``hpcdl.allreduce(algorithm=...)``)
-  per size, the median of the slowest rank's time, best of ``--rounds``
-  rounds in rotated order (``hpcdl.tune.time_op``).
+  per size, the median of the slowest rank's time (``hpcdl.tune.time_op``),
+  best of ``--rounds`` rounds; each round visits every size and algorithm in
+  rotated order, and every round's time is kept (``allreduce_rounds``) so
+  ``hpcdl model`` can show how much the measurement itself moved.
 
 Outside a job it launches itself at each of ``--ranks`` (like ``hpcdl tune``).
 """
@@ -87,7 +89,7 @@ def _reduce(sizes: list[int]) -> list[list[float]]:
     return rows
 
 
-def measure_here(sizes: list[int], rounds: int = 2, budget_s: float = 0.05,
+def measure_here(sizes: list[int], rounds: int = 3, budget_s: float = 0.05,
                  algorithms: tuple[str, ...] = FLAT) -> dict[str, Any]:
     """Collective over the default communicator; returns the run's record on every rank."""
     import hpcdl
@@ -103,20 +105,33 @@ def measure_here(sizes: list[int], rounds: int = 2, budget_s: float = 0.05,
         "pingpong": _pingpong(comm, [s for s in sizes if s <= 16 << 20],
                               reps=20) if comm.size > 1 else [],
         "reduce": _reduce(big), "allreduce": {}}
-    timings: dict[str, dict[int, float]] = {a: {} for a in algorithms}
-    for nbytes in sizes:
-        buf = np.zeros(max(1, nbytes // 4), np.float32)
-        for rnd in range(rounds):
+    # Rounds are the outer loop, and each round visits the sizes and algorithms in a
+    # rotated order: a shared node's speed drifts over minutes (2-3x on the CI VM), and
+    # measuring each size in its own stretch of time turned that drift into a fake
+    # dependence on size. Every round's time is kept: the spread shows the noise.
+    times: dict[str, dict[int, list[float]]] = {a: {n: [] for n in sizes} for a in algorithms}
+    buffers = {n: np.zeros(max(1, n // 4), np.float32) for n in sizes}
+    for rnd in range(rounds):
+        for i in range(len(sizes)):
+            nbytes = sizes[(i + rnd) % len(sizes)]
+            buf = buffers[nbytes]
             for k in range(len(algorithms)):
                 name = algorithms[(k + rnd) % len(algorithms)]
                 seconds = time_op(comm, lambda name=name: hpcdl.allreduce(buf, algorithm=name,
                                                                           comm=comm),
                                   budget_s=budget_s, min_iters=3)
-                timings[name][nbytes] = min(timings[name].get(nbytes, float("inf")), seconds)
+                times[name][nbytes].append(seconds)
         if comm.rank == 0:
-            row = "  ".join(f"{a} {timings[a][nbytes] * 1e6:9.1f}" for a in algorithms)
-            print(f"n={comm.size} {nbytes:>10d} B  {row} us", flush=True)
-    record["allreduce"] = {a: sorted([n, t] for n, t in timings[a].items()) for a in algorithms}
+            print(f"n={comm.size} round {rnd + 1}/{rounds} done", flush=True)
+    if comm.rank == 0:
+        for nbytes in sizes:
+            row = "  ".join(f"{a} {min(times[a][nbytes]) * 1e6:9.1f}" for a in algorithms)
+            print(f"n={comm.size} {nbytes:>10d} B  {row} us (best of {rounds})", flush=True)
+    # the fit uses the best round; every round is kept for the spread
+    record["allreduce"] = {a: [[n, min(ts)] for n, ts in sorted(times[a].items())]
+                           for a in algorithms}
+    record["allreduce_rounds"] = {a: [[n, ts] for n, ts in sorted(times[a].items())]
+                                  for a in algorithms}
     return record
 
 

@@ -21,9 +21,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=user_measurements_path())
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
                    default=powers_of_4(4, 64 << 20))
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds over every size and algorithm (best of them is fitted)")
     p.add_argument("--budget", type=float, default=0.05, help="seconds per timed case")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.rounds < 1:
+        p.error(f"--rounds {args.rounds}: need at least 1")
     if not under_launcher():
         rc = run_at_ranks("hpcdl model measure", "hpcdl.model.measure_cli", args.ranks,
                           ["--out", str(args.out), "--sizes", ",".join(map(str, args.sizes)),
