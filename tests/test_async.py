@@ -248,6 +248,30 @@ def test_close_gives_up_on_a_stuck_operation(capfd):
     assert "still running" in capfd.readouterr().err
 
 
+def test_executor_pending_counts_unfinished_operations():
+    """``pending`` (what the blocking fast path checks before bypassing the queue) counts
+    submitted operations until each has finished, failed ones included."""
+    import threading
+
+    from hpcdl.collectives.handle import Executor
+
+    release = threading.Event()
+    ex = Executor("hpcdl-test-pending")
+    try:
+        assert ex.pending == 0
+        first = ex.submit("allreduce", lambda: release.wait(30))
+        second = ex.submit("broadcast", lambda: 1 / 0)
+        assert ex.pending == 2
+        release.set()
+        assert first.wait(10) is True
+        with pytest.raises(ZeroDivisionError):
+            second.wait(10)
+        assert ex.drain(10) and ex.pending == 0
+    finally:
+        release.set()
+        ex.close(timeout=5)
+
+
 @pytest.mark.fake_ranks
 @pytest.mark.parametrize("make", ["subgroup", "partial_allreduce"])
 def test_split_waits_for_queued_async_work(make):

@@ -77,7 +77,7 @@ def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any
     if not (flags.c_contiguous and flags.writeable):
         return MISS
     executor = comm.executor
-    if (executor is not None and executor._pending) or debug_enabled():
+    if (executor is not None and executor.pending) or debug_enabled():
         return MISS
     plans = getattr(comm, "_hpcdl_fast", None)
     if plans is None or plans[0] != catalog.generation:

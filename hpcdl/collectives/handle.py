@@ -66,6 +66,12 @@ class Executor:
         self._thread.start()
         _ALL.add(self)
 
+    @property
+    def pending(self) -> int:
+        """Operations submitted and not yet finished (0: the queue is idle). A snapshot:
+        another thread may submit right after; the caller's own submissions are counted."""
+        return self._pending
+
     def submit(self, op: str, fn: Callable[[], Any]) -> Handle:
         handle = Handle(op)
         with self._idle:
