@@ -16,24 +16,28 @@ Consistency (``k`` = the clock a worker wants to start after pushing clock ``k -
   are applied, i.e. the slowest worker has finished clock ``k - s - 1``.
 * ``sync`` is ``ssp`` with ``s = 0``: every worker starts clock ``k`` from the
   same parameters, the mean of all clock ``k - 1`` gradients applied once.
+
+Checkpoints: SAVE requests and the signalled flag are handled by :class:`Quiesce`
+(quiesce.py), the files written by checkpoint.py.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from mpi4py import MPI
 
 from . import protocol as P
+from .quiesce import Quiesce
 from .roles import Roles
 from .sharding import ShardPlan
 
 __all__ = ["Server"]
 
 
-class Server:
+class Server(Quiesce):
     is_server = True
 
     def __init__(self, roles: Roles, plan: ShardPlan, optimizer: Any, mode: str,
@@ -60,7 +64,22 @@ class Server:
         self.stats: dict[str, Any] = {"pushes": 0, "pulls": 0, "bytes_in": 0, "bytes_out": 0,
                                       "updates": 0, "max_clock_gap": 0,
                                       "resumed_from_step": self.meta["steps"]
-                                      if store.reopened else None}
+                                      if store.reopened else None, "checkpoints": 0}
+        self.on_save: Any = None
+        self._reset_clocks(0)
+
+    def _reset_clocks(self, clock: int) -> None:
+        """Every worker has pushed ``clock`` clocks and all of them are applied (a fresh
+        start, or a checkpoint's quiesced state)."""
+        workers = self.roles.workers
+        self.completed = {w: clock for w in workers}
+        self.done = {w: False for w in workers}
+        self.waiting: dict[int, int] = {}
+        self.acc: dict[int, list] = {}
+        self.applied = clock
+        self.save_at = 0                 # the step all workers checkpoint at (0: none)
+        self.save_requests: dict[int, tuple[int, int, int]] = {}
+        self.stopped_at: int | None = None   # a checkpoint asked the job to stop
 
     # -- helpers ----------------------------------------------------------------
     def _fail(self, message: str, culprit: int | None = None) -> None:
@@ -83,7 +102,7 @@ class Server:
     def _reply(self, worker: int, kind: int, gap: int) -> None:
         snap = self._snapshot()
         version = self.applied if self.mode != "async" else self.stats["updates"]
-        hdr = P.header(kind, version, snap.size, 0, self.roles.rank, gap)
+        hdr = P.header(kind, version, snap.size, 0, self.roles.rank, gap, self.save_at)
         self.outgoing.append((self.comm.Isend([hdr, MPI.INT64_T], worker, P.TAG_REPLY), hdr))
         self.outgoing.append((self.comm.Isend([snap.view(np.uint8), MPI.BYTE], worker,
                                               P.TAG_REPLY_DATA), snap))
@@ -163,7 +182,11 @@ class Server:
             self.waiting.pop(src, None)
             if self.mode != "async":
                 self._advance()
+        elif kind == P.SAVE:
+            self._on_save_request(src, clock, count, int(hdr[5]))
         elif kind == P.PUSH:
+            if hdr[5]:
+                self._on_signalled()
             if count != self.size:
                 self._fail(f"worker rank {src} pushed {count} elements to server {self.index}, "
                            f"which holds {self.size}", culprit=src)
@@ -204,14 +227,15 @@ class Server:
         return decode_fp16(buf, self.size, self.plan.dtype)
 
     # -- the loop ------------------------------------------------------------------
-    def serve(self) -> dict[str, Any]:
-        """Serve until every worker has said it is done; returns counters."""
+    def serve(self, on_save: Callable[[int, dict[str, Any]], None] | None = None,
+              signal: Any = None) -> dict[str, Any]:
+        """Serve until every worker has said it is done; returns counters.
+
+        ``on_save(step, shard_state)``: called when the workers ask for a checkpoint
+        (collective with them). ``signal``: an object whose ``received`` turns true when
+        this rank is signalled (server 0 then schedules a checkpoint)."""
         workers = self.roles.workers
-        self.completed = {w: 0 for w in workers}
-        self.done = {w: False for w in workers}
-        self.waiting: dict[int, int] = {}
-        self.acc: dict[int, list] = {}
-        self.applied = 0
+        self.on_save = on_save
         self.incoming: list = []
         self.outgoing: list = []
         self.last_heard = {w: time.monotonic() for w in workers}
@@ -223,6 +247,8 @@ class Server:
         last_activity = time.monotonic()
         while True:
             progressed = self._finish_incoming()
+            if signal is not None and signal.received and not self.save_at:
+                self._on_signalled()
             msg = self.comm.Improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
             if msg is not None:
                 self._receive(msg, status)
