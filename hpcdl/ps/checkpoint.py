@@ -218,9 +218,11 @@ class PSCheckpoint:
             if stop:
                 self.ps.close()
                 if self.comm.rank == 0:
-                    print(f"checkpointed at step {self.step} on {self.signal.name or 'a signal'};"
-                          " exiting so the job can be requeued and resumed", file=sys.stderr,
-                          flush=True)
+                    why = self.signal.name if self.signal and self.signal.name else \
+                        "a signal to another rank"
+                    print(f"checkpointed at step {self.step} (clock {clock}, chosen by server 0) "
+                          f"on {why}; exiting so the job can be requeued and resumed",
+                          file=sys.stderr, flush=True)
                 raise SystemExit(0)
 
     def save(self, carry: dict[str, torch.Tensor] | None = None, stop: bool = False) -> Path:

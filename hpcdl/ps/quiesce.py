@@ -77,8 +77,12 @@ class Quiesce:
             self._fail(f"{me}: not quiescent at checkpoint {step} (pushes in flight "
                        f"{len(self.incoming)}, clocks pending {sorted(self.acc)}, applied "
                        f"{self.applied} of {clock})")
-        state = self.shard_state(clock)             # before answering: a failure here ends
-        for v in workers:                           # the job with _fail, nobody waits
+        try:    # before answering: a failure here ends the job naming this server
+            state = self.shard_state(clock)
+        except Exception as exc:  # noqa: BLE001 - any cause, reported to every worker
+            self._fail(f"{me} could not copy its shard for checkpoint {step}: "
+                       f"{type(exc).__name__}: {exc}")
+        for v in workers:
             self.comm.Send([P.header(P.SAVE, clock, step, 0, self.roles.rank), MPI.INT64_T], v,
                            P.TAG_SAVED)
         self.on_save(step, state)                   # collective with the workers
