@@ -10,7 +10,8 @@ Consistency (``k`` = the clock a worker wants to start after pushing clock ``k -
 
 * ``async``: each push is applied at once (the gradient divided by W, so one
   push per worker moves SGD as far as one synchronous step) and answered at once.
-* ``ssp`` with bound ``s``: gradients of clock ``c`` are summed; when every
+* ``ssp`` with bound ``s``: gradients of clock ``c`` are summed (in worker order,
+  whatever order they arrive in, so runs repeat bit for bit); when every
   active worker has pushed clock ``c`` their mean is applied (one optimizer step
   per clock, as in sync). A worker may start clock ``k`` once clocks ``< k - s``
   are applied, i.e. the slowest worker has finished clock ``k - s - 1``.
@@ -118,12 +119,33 @@ class Server(Quiesce):
         return sum(1 for w in self.roles.workers
                    if not self.done[w] or self.completed[w] > clock)
 
+    def _sum_in_order(self, clock: int, slot: list) -> None:
+        """Add the held pushes of ``clock`` in worker order, as far as they have come.
+        ``slot`` = [sum, pushes, next worker index, {index: held gradient}]. A fixed order
+        makes the float sum (hence the run) independent of which push arrives first."""
+        workers = self.roles.workers
+        while slot[2] < len(workers):
+            grad = slot[3].pop(slot[2], None)
+            if grad is None:
+                w = workers[slot[2]]
+                if not (self.done[w] and self.completed[w] <= clock):
+                    return                     # still to come
+            elif slot[0] is None:
+                slot[0] = grad
+            else:
+                slot[0] += grad
+            slot[2] += 1
+
     def _advance(self) -> None:
         """Apply every fully pushed clock in order, then release the workers it unblocks."""
-        while self.applied in self.acc and \
-                self.acc[self.applied][1] >= self._required(self.applied):
-            total, count = self.acc.pop(self.applied)
-            total /= count
+        while self.applied in self.acc:
+            slot = self.acc[self.applied]
+            self._sum_in_order(self.applied, slot)
+            if slot[1] < self._required(self.applied):
+                break
+            del self.acc[self.applied]
+            total = slot[0]
+            total /= slot[1]
             self._apply(total)
             self.applied += 1
         for w, k in list(self.waiting.items()):
@@ -149,12 +171,10 @@ class Server(Quiesce):
             self.stats["max_clock_gap"] = max(self.stats["max_clock_gap"], gap)
             self._reply(w, P.PUSH, gap)
             return
-        slot = self.acc.get(clock)
-        if slot is None:
-            self.acc[clock] = [grad, 1]
-        else:
-            slot[0] += grad
-            slot[1] += 1
+        slot = self.acc.setdefault(clock, [None, 0, 0, {}])
+        slot[1] += 1
+        slot[3][self.roles.workers.index(w)] = grad
+        self._sum_in_order(clock, slot)
         self.waiting[w] = clock + 1
         self._advance()
 
