@@ -98,6 +98,22 @@ def test_rebuild_shard_resplits_any_layout():
         rebuild_shard(new, 0, saved[1:], error)      # a server's file missing: refused
 
 
+def test_loaded_local_of_reads_any_saved_rank(tmp_path):
+    """The hook an elastic resume uses to read the saved servers' files (one rank here)."""
+    import torch
+    from mpi4py import MPI
+
+    from hpcdl.checkpoint import CheckpointManager
+    from hpcdl.comm.mpi import MPICommunicator
+
+    m = CheckpointManager(tmp_path, comm=MPICommunicator(MPI.COMM_SELF))
+    m.save(7, {"s": 1}, {"shard": torch.arange(5.0)})
+    loaded = m.load()
+    assert torch.equal(loaded.local_of(0)["shard"], torch.arange(5.0))
+    with pytest.raises(InvalidArgumentError, match="rank 1: this checkpoint was written by 1"):
+        loaded.local_of(1)
+
+
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("mode", ["sync", "ssp", "async"])
 def test_resume_restores_the_saved_state_and_continues(ctx, mode, tmp_path):
