@@ -135,9 +135,9 @@ def test_resume_restores_the_saved_state_and_continues(ctx, mode, tmp_path):
         # the servers sum each clock's pushes in worker order: bit for bit
         for k in W0:
             np.testing.assert_array_equal(end[k], first[2][k])
-    else:   # async: the order of the pushes after the resume is timing's
-        for k in W0:
-            np.testing.assert_allclose(end[k], first[2][k], rtol=1e-5, atol=1e-6)
+    # async: the order in which a server applies the pushes after the save is timing's
+    # (Adam steps on g3, g3, g4, g4 or g3, g4, g3, g4 end ~1% apart), in an uninterrupted
+    # run too; what a resume guarantees is the restored state (above) and the counters.
 
 
 @pytest.mark.mpi(min_size=3)
