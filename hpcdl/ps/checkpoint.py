@@ -87,7 +87,8 @@ class PSCheckpoint:
         self.ps, self.sampler = ps, sampler
         self.extra = extra if extra is not None else {}
         roles = ps.roles
-        if roles.size != self.comm.size or 0 not in roles.workers:
+        if self.manager is not None and (roles.size != self.comm.size
+                                         or 0 not in roles.workers):
             raise self._error(f"the checkpoint needs the parameter server on the same "
                               f"{self.comm.size} ranks, with rank 0 a worker (servers: "
                               f"{list(roles.servers)} of {roles.size})")
