@@ -40,7 +40,7 @@ def test_two_epochs_in_process(ctx, tmp_path):
     assert len(set(everyone)) == 1
 
 
-@pytest.mark.parametrize("mode", ["ps-sync", "preduce", "pipeline"])
+@pytest.mark.parametrize("mode", ["preduce", "pipeline"])
 def test_checkpoint_flags_are_refused_where_not_honoured(ctx, tmp_path, mode):
     # A job that believes it is checkpointed and is not would lose everything when killed.
     with pytest.raises(SystemExit, match=f"--mode {mode} does not checkpoint yet.*allreduce"):

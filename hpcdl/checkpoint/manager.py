@@ -60,6 +60,15 @@ class Loaded(dict):
     def saved_size(self) -> int:
         return int(self["manifest"]["size"])
 
+    def local_of(self, rank: int) -> Any:
+        """Rank ``rank``'s ``local`` state as saved (checked against the manifest when the
+        checkpoint was chosen): for an elastic resume that re-splits per-rank state, such
+        as parameter-server shards, across another set of ranks."""
+        if not 0 <= int(rank) < self.saved_size:
+            raise InvalidArgumentError(f"rank {rank}: this checkpoint was written by "
+                                       f"{self.saved_size} ranks", op="checkpoint load")
+        return load_torch(Path(self["folder"]) / _rank_file(int(rank)))
+
 
 def _name(step: int) -> str:
     return f"step-{step:08d}"

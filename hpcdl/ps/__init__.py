@@ -11,8 +11,10 @@
 Roles (``roles.py``), sharding (``sharding.py``), the wire protocol
 (``protocol.py``), the server loop (``server.py``), the worker client
 (``worker.py``), stores (``store.py``) and server-side optimizers
-(``optim.py``). For torch: :class:`hpcdl.torch.ParameterServer`. See
-docs/parameter-server.md.
+(``optim.py``); checkpoints: the servers' SAVE handling (``quiesce.py``) and
+:class:`~hpcdl.ps.checkpoint.PSCheckpoint` (``checkpoint.py``). For torch:
+:class:`hpcdl.torch.ParameterServer`. See docs/parameter-server.md and
+docs/fault-tolerance.md.
 """
 
 from .api import MODES, setup

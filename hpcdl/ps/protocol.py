@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["TAG_REQUEST", "TAG_PUSH_DATA", "TAG_REPLY", "TAG_REPLY_DATA", "TAG_ERROR",
-           "TAG_ERROR_TEXT", "TAG_INIT", "PUSH", "PULL", "DONE", "HEADER_LEN", "header",
+           "TAG_ERROR_TEXT", "TAG_INIT", "TAG_SAVED", "PUSH", "PULL", "DONE", "SAVE",
+           "HEADER_LEN", "header",
            "encode_text", "decode_text", "PSError", "PSTimeoutError", "poll"]
 
 TAG_REQUEST = 7101      # worker -> server: header (PUSH / PULL / DONE)
@@ -24,16 +25,21 @@ TAG_REPLY_DATA = 7104   # server -> worker: the parameter shard
 TAG_ERROR = 7105        # either way: header saying an error text follows
 TAG_ERROR_TEXT = 7106   # either way: the error text (utf-8)
 TAG_INIT = 7107         # first worker -> server at setup: the initial parameter shard
+TAG_SAVED = 7108        # server -> worker: header, "quiesced, saving checkpoint <step> now"
 
-PUSH, PULL, DONE = 1, 2, 3
+# SAVE (checkpoint.py): header [SAVE, clock, step, 0, rank, stop after saving (0/1), 0]
+PUSH, PULL, DONE, SAVE = 1, 2, 3, 4
 
-# [kind, clock, payload elements, compressed (0/1), rank of the sender, spare]
-HEADER_LEN = 6
+# [kind, clock, payload elements, compressed (0/1), rank of the sender, spare, save_at]
+# Requests use ``spare`` for "this worker was signalled" (PUSH) or "stop after saving"
+# (SAVE); replies for the clock gap. ``save_at`` (replies of server 0): the step at which
+# the workers checkpoint because some rank was signalled (0: none asked).
+HEADER_LEN = 7
 
 
 def header(kind: int, clock: int = 0, count: int = 0, compressed: int = 0, rank: int = 0,
-           spare: int = 0) -> np.ndarray:
-    return np.array([kind, clock, count, compressed, rank, spare], dtype=np.int64)
+           spare: int = 0, save_at: int = 0) -> np.ndarray:
+    return np.array([kind, clock, count, compressed, rank, spare, save_at], dtype=np.int64)
 
 
 def encode_text(text: str) -> np.ndarray:

@@ -10,30 +10,35 @@ Consistency (``k`` = the clock a worker wants to start after pushing clock ``k -
 
 * ``async``: each push is applied at once (the gradient divided by W, so one
   push per worker moves SGD as far as one synchronous step) and answered at once.
-* ``ssp`` with bound ``s``: gradients of clock ``c`` are summed; when every
+* ``ssp`` with bound ``s``: gradients of clock ``c`` are summed (in worker order,
+  whatever order they arrive in, so runs repeat bit for bit); when every
   active worker has pushed clock ``c`` their mean is applied (one optimizer step
   per clock, as in sync). A worker may start clock ``k`` once clocks ``< k - s``
   are applied, i.e. the slowest worker has finished clock ``k - s - 1``.
 * ``sync`` is ``ssp`` with ``s = 0``: every worker starts clock ``k`` from the
   same parameters, the mean of all clock ``k - 1`` gradients applied once.
+
+Checkpoints: SAVE requests and the signalled flag are handled by :class:`Quiesce`
+(quiesce.py), the files written by checkpoint.py.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from mpi4py import MPI
 
 from . import protocol as P
+from .quiesce import Quiesce
 from .roles import Roles
 from .sharding import ShardPlan
 
 __all__ = ["Server"]
 
 
-class Server:
+class Server(Quiesce):
     is_server = True
 
     def __init__(self, roles: Roles, plan: ShardPlan, optimizer: Any, mode: str,
@@ -60,7 +65,22 @@ class Server:
         self.stats: dict[str, Any] = {"pushes": 0, "pulls": 0, "bytes_in": 0, "bytes_out": 0,
                                       "updates": 0, "max_clock_gap": 0,
                                       "resumed_from_step": self.meta["steps"]
-                                      if store.reopened else None}
+                                      if store.reopened else None, "checkpoints": 0}
+        self.on_save: Any = None
+        self._reset_clocks(0)
+
+    def _reset_clocks(self, clock: int) -> None:
+        """Every worker has pushed ``clock`` clocks and all of them are applied (a fresh
+        start, or a checkpoint's quiesced state)."""
+        workers = self.roles.workers
+        self.completed = {w: clock for w in workers}
+        self.done = {w: False for w in workers}
+        self.waiting: dict[int, int] = {}
+        self.acc: dict[int, list] = {}
+        self.applied = clock
+        self.save_at = 0                 # the step all workers checkpoint at (0: none)
+        self.save_requests: dict[int, tuple[int, int, int]] = {}
+        self.stopped_at: int | None = None   # a checkpoint asked the job to stop
 
     # -- helpers ----------------------------------------------------------------
     def _fail(self, message: str, culprit: int | None = None) -> None:
@@ -83,7 +103,7 @@ class Server:
     def _reply(self, worker: int, kind: int, gap: int) -> None:
         snap = self._snapshot()
         version = self.applied if self.mode != "async" else self.stats["updates"]
-        hdr = P.header(kind, version, snap.size, 0, self.roles.rank, gap)
+        hdr = P.header(kind, version, snap.size, 0, self.roles.rank, gap, self.save_at)
         self.outgoing.append((self.comm.Isend([hdr, MPI.INT64_T], worker, P.TAG_REPLY), hdr))
         self.outgoing.append((self.comm.Isend([snap.view(np.uint8), MPI.BYTE], worker,
                                               P.TAG_REPLY_DATA), snap))
@@ -99,12 +119,33 @@ class Server:
         return sum(1 for w in self.roles.workers
                    if not self.done[w] or self.completed[w] > clock)
 
+    def _sum_in_order(self, clock: int, slot: list) -> None:
+        """Add the held pushes of ``clock`` in worker order, as far as they have come.
+        ``slot`` = [sum, pushes, next worker index, {index: held gradient}]. A fixed order
+        makes the float sum (hence the run) independent of which push arrives first."""
+        workers = self.roles.workers
+        while slot[2] < len(workers):
+            grad = slot[3].pop(slot[2], None)
+            if grad is None:
+                w = workers[slot[2]]
+                if not (self.done[w] and self.completed[w] <= clock):
+                    return                     # still to come
+            elif slot[0] is None:
+                slot[0] = grad
+            else:
+                slot[0] += grad
+            slot[2] += 1
+
     def _advance(self) -> None:
         """Apply every fully pushed clock in order, then release the workers it unblocks."""
-        while self.applied in self.acc and \
-                self.acc[self.applied][1] >= self._required(self.applied):
-            total, count = self.acc.pop(self.applied)
-            total /= count
+        while self.applied in self.acc:
+            slot = self.acc[self.applied]
+            self._sum_in_order(self.applied, slot)
+            if slot[1] < self._required(self.applied):
+                break
+            del self.acc[self.applied]
+            total = slot[0]
+            total /= slot[1]
             self._apply(total)
             self.applied += 1
         for w, k in list(self.waiting.items()):
@@ -130,12 +171,10 @@ class Server:
             self.stats["max_clock_gap"] = max(self.stats["max_clock_gap"], gap)
             self._reply(w, P.PUSH, gap)
             return
-        slot = self.acc.get(clock)
-        if slot is None:
-            self.acc[clock] = [grad, 1]
-        else:
-            slot[0] += grad
-            slot[1] += 1
+        slot = self.acc.setdefault(clock, [None, 0, 0, {}])
+        slot[1] += 1
+        slot[3][self.roles.workers.index(w)] = grad
+        self._sum_in_order(clock, slot)
         self.waiting[w] = clock + 1
         self._advance()
 
@@ -163,7 +202,11 @@ class Server:
             self.waiting.pop(src, None)
             if self.mode != "async":
                 self._advance()
+        elif kind == P.SAVE:
+            self._on_save_request(src, clock, count, int(hdr[5]))
         elif kind == P.PUSH:
+            if hdr[5]:
+                self._on_signalled()
             if count != self.size:
                 self._fail(f"worker rank {src} pushed {count} elements to server {self.index}, "
                            f"which holds {self.size}", culprit=src)
@@ -204,14 +247,15 @@ class Server:
         return decode_fp16(buf, self.size, self.plan.dtype)
 
     # -- the loop ------------------------------------------------------------------
-    def serve(self) -> dict[str, Any]:
-        """Serve until every worker has said it is done; returns counters."""
+    def serve(self, on_save: Callable[[int, dict[str, Any]], None] | None = None,
+              signal: Any = None) -> dict[str, Any]:
+        """Serve until every worker has said it is done; returns counters.
+
+        ``on_save(step, shard_state)``: called when the workers ask for a checkpoint
+        (collective with them). ``signal``: an object whose ``received`` turns true when
+        this rank is signalled (server 0 then schedules a checkpoint)."""
         workers = self.roles.workers
-        self.completed = {w: 0 for w in workers}
-        self.done = {w: False for w in workers}
-        self.waiting: dict[int, int] = {}
-        self.acc: dict[int, list] = {}
-        self.applied = 0
+        self.on_save = on_save
         self.incoming: list = []
         self.outgoing: list = []
         self.last_heard = {w: time.monotonic() for w in workers}
@@ -223,6 +267,8 @@ class Server:
         last_activity = time.monotonic()
         while True:
             progressed = self._finish_incoming()
+            if signal is not None and signal.received and not self.save_at:
+                self._on_signalled()
             msg = self.comm.Improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
             if msg is not None:
                 self._receive(msg, status)

@@ -45,6 +45,8 @@ class Worker:
         self.max_clock_gap = 0      # the largest gap any server reported on a reply
         self.gaps: list[int] = []   # per push: the largest gap over the servers
         self.version = 0
+        self.signalled = False      # set by a checkpoint driver: flag the next push
+        self.save_at = 0            # server 0's answer: the step to checkpoint at (0: none)
         self.flat = {n: np.zeros(math.prod(s), plan.dtype)
                      for n, s in zip(plan.names, plan.shapes)}
         self.params = {n: self.flat[n].reshape(s) for n, s in zip(plan.names, plan.shapes)}
@@ -112,7 +114,8 @@ class Worker:
                 count = self._send[i].size
             else:
                 count = 0
-            hdr = P.header(kind, self.clock, count, compressed, self.rank)
+            hdr = P.header(kind, self.clock, count, compressed, self.rank,
+                           int(self.signalled and grads is not None and i == 0))
             keep.append(hdr)
             reqs.append(self.comm.Isend([hdr, MPI.INT64_T], server, P.TAG_REQUEST))
             if grads is not None:
@@ -135,6 +138,7 @@ class Worker:
             self.plan.unpack(i, self._recv[i], self.flat)
             gap = max(gap, int(self._hdrs[i][5]))
         self.version = int(self._hdrs[0][1])
+        self.save_at = int(self._hdrs[0][6]) or self.save_at
         if kind == P.PUSH:
             self.clock += 1
             self.gaps.append(gap)
@@ -149,6 +153,39 @@ class Worker:
     def pull(self) -> dict[str, np.ndarray]:
         """The servers' current parameters, without pushing."""
         return self._exchange(P.PULL, None)
+
+    def request_checkpoint(self, step: int, stop: bool = False) -> None:
+        """Ask every server to quiesce for checkpoint ``step`` and wait until each says it
+        is saving (then write this worker's part with the same collective save). Call it
+        on every worker at the same step, after the last push_pull before it."""
+        if self.closed:
+            raise P.PSError("this worker is closed", rank=self.rank, size=self.roles.size,
+                            op="ps.checkpoint")
+        self._check_error()
+        hdrs = [np.empty(P.HEADER_LEN, np.int64) for _ in self.roles.servers]
+        reqs = [self.comm.Irecv([h, MPI.INT64_T], s, P.TAG_SAVED)
+                for h, s in zip(hdrs, self.roles.servers)]
+        for s in self.roles.servers:
+            self.comm.Send([P.header(P.SAVE, self.clock, step, 0, self.rank, int(stop)),
+                            MPI.INT64_T], s, P.TAG_REQUEST)
+        try:
+            ok = P.poll(lambda: MPI.Request.Testall(reqs), self.timeout, self._check_error)
+        except P.PSError:
+            for r in reqs:
+                if r != MPI.REQUEST_NULL:
+                    r.Cancel()
+            raise
+        if not ok:
+            late = [s for s, r in zip(self.roles.servers, reqs) if not r.Test()]
+            raise P.PSTimeoutError(f"server ranks {late} did not start checkpoint {step} within "
+                                   f"{self.timeout} s (a worker missing it, or a server stuck)",
+                                   rank=self.rank, size=self.roles.size, op="ps.checkpoint")
+        wrong = [(s, int(h[2])) for s, h in zip(self.roles.servers, hdrs) if int(h[2]) != step]
+        if wrong:
+            self.fail(f"worker rank {self.rank} asked for checkpoint {step}; servers (rank, "
+                      f"step) answered {wrong}")
+        if self.save_at and self.clock >= self.save_at:
+            self.save_at = 0
 
     def close(self) -> None:
         """Tell every server this worker is done (no more pushes)."""
