@@ -60,6 +60,15 @@ class Loaded(dict):
     def saved_size(self) -> int:
         return int(self["manifest"]["size"])
 
+    def rank_state(self, rank: int) -> Any:
+        """The ``local`` state that rank ``rank`` of the saving job wrote (its file was
+        checked against the manifest with the rest): how a resume at another rank count
+        maps per-rank state, e.g. new rank r taking saved rank r % saved_size's."""
+        if not 0 <= rank < self.saved_size:
+            raise InvalidArgumentError(f"rank_state({rank}): the checkpoint was written by "
+                                       f"{self.saved_size} rank(s)", op="checkpoint load")
+        return load_torch(Path(self["folder"]) / _rank_file(rank))
+
 
 def _name(step: int) -> str:
     return f"step-{step:08d}"
