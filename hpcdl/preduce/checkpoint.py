@@ -41,7 +41,7 @@ from typing import Any, Iterable
 
 import torch
 
-from ..checkpoint import CheckpointManager, SignalFlag, params_sha256, rng_state, set_rng_state
+from ..checkpoint import CheckpointError, CheckpointManager, SignalFlag, params_sha256, rng_state, set_rng_state
 from ..checkpoint.state import seed_everything
 from ..errors import InvalidArgumentError
 from ..runtime import default_comm
@@ -85,6 +85,12 @@ class PReduceCheckpoint:
             return
         shared = loaded["shared"]
         self.model.load_state_dict(shared["model"])
+        loaded_hash = params_sha256(self.model)
+        if loaded_hash != shared["params_sha256"]:
+            # the files matched their checksums, so this is a loading bug, not a bad disk
+            raise CheckpointError(f"{loaded['folder']}: the model loaded hashes to "
+                                  f"{loaded_hash}, it was saved as {shared['params_sha256']}",
+                                  rank=self.comm.rank, op="checkpoint load")
         for name, value in shared["extra"].items():
             target = self.extra.get(name)
             if isinstance(target, list):
@@ -114,7 +120,7 @@ class PReduceCheckpoint:
                    f"{self.comm.size}; rank r took saved rank r % {loaded.saved_size}'s "
                    "optimizer state")
             print(f"resumed from {loaded['folder']} (step {self.last_step}, params sha256 "
-                  f"{params_sha256(self.model)}; {how})", file=sys.stderr, flush=True)
+                  f"{loaded_hash}; {how})", file=sys.stderr, flush=True)
 
     # -- at each full sync ---------------------------------------------------------------
     def at_sync(self, session: Any, reply: Reply) -> bool:
@@ -155,6 +161,7 @@ class PReduceCheckpoint:
                                            rank=self.comm.rank, op="checkpoint save")
             stats = self._stats(session.controller.log[:state["replies"]])
             shared = {"model": self.model.state_dict(), "extra": dict(self.extra),
+                      "params_sha256": params_sha256(self.model),   # checked on resume
                       "session": {"steps": state["steps"], "deadline": state["deadline"]},
                       "stats": stats}
         local = {"optimizer": self.optimizer.state_dict(), "rng": rng_state(),
@@ -163,7 +170,7 @@ class PReduceCheckpoint:
         self.last_step = reply.step
         if self.comm.rank == 0:
             print(f"checkpoint {folder} (step {reply.step}, params sha256 "
-                  f"{params_sha256(self.model)})", file=sys.stderr, flush=True)
+                  f"{shared['params_sha256']})", file=sys.stderr, flush=True)
         return folder
 
     def stats_since_start(self, session: Any) -> dict[str, int]:
