@@ -256,3 +256,32 @@ def test_main_job_elastic_resume_2_to_3(killed, tmp_path):
     resumed = _run(3, tmp_path, "--checkpoint-dir", str(spare), "--resume")
     assert "elastic: saved at 2 ranks, now 3; rank r took saved rank r % 2's" in resumed["stderr"]
     _check(resumed, saved, 3)
+
+
+@pytest.mark.spawns
+def test_main_job_checkpoints_at_the_next_full_sync_on_sigusr1(tmp_path):
+    # SLURM's --signal=B:USR1@60 reaches mpiexec, which forwards it to every rank; the
+    # ranks agree at the next epoch end, save there and exit 0 (long before 30 epochs).
+    log, ckdir = tmp_path / "job.log", tmp_path / "ck"
+    cmd = _cmd(2, tmp_path / "out", "--checkpoint-dir", str(ckdir))
+    cmd[cmd.index("--epochs") + 1] = "30"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, env=_env(), start_new_session=True, stdout=err,
+                                stderr=subprocess.STDOUT)   # the epoch lines are on stdout
+        try:
+            deadline = time.monotonic() + 300
+            while "epoch   1 " not in log.read_text(errors="replace"):
+                assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+                assert time.monotonic() < deadline, "no epoch within 300 s"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGUSR1)   # hpcdl launch execs mpiexec: this is it
+            assert proc.wait(timeout=120) == 0, log.read_text(errors="replace")[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+    text = log.read_text(errors="replace")
+    found = re.search(r"checkpointed at step (\d+) on SIGUSR1", text)
+    assert found, text[-3000:]
+    assert (ckdir / "latest").read_text().strip() == f"step-{int(found.group(1)):08d}"
+    assert not (tmp_path / "out" / "metrics.json").exists()   # it stopped early
