@@ -130,6 +130,24 @@ def test_a_wrapped_optimizer_is_refused(ctx, shared_dir):
         hp.PipelineCheckpoint(shared_dir, 0, grid=grid, model=named, optimizer=object())
 
 
+def test_non_tensor_values_in_dcp_are_not_unpickled(ctx, shared_dir):
+    # Why PipelineCheckpoint keeps the optimizer's hyperparameters out of DCP: DCP would
+    # read them back with torch.load(weights_only=False); hpcdl's reader refuses.
+    from hpcdl.checkpoint import CheckpointManager
+
+    hp.Grid(stages=1)   # the default process group DCP runs over
+    m = CheckpointManager(shared_dir)
+    m.save(1, {} if ctx.rank == 0 else None, None,
+           sharded={"w": torch.ones(3), "betas": (0.9, 0.999)})
+    state = {"w": torch.zeros(3), "betas": (0.0, 0.0)}
+    # (DCP raises CheckpointException, a BaseException, carrying every rank's traceback)
+    with pytest.raises(BaseException, match="betas.*full unpickler \\(refused\\)"):
+        m.load(sharded=state)
+    only_tensors = {"w": torch.zeros(3)}
+    m.load(sharded=only_tensors)
+    assert torch.equal(only_tensors["w"], torch.ones(3))
+
+
 # -- the main job, killed and resumed (serial pass only) ----------------------------------
 EPOCHS = 2
 EVERY = 4   # optimizer steps between checkpoints (11-22 steps per epoch here)
