@@ -65,8 +65,11 @@ class Loaded(dict):
         checked against the manifest with the rest): how a resume at another rank count
         maps per-rank state, e.g. new rank r taking saved rank r % saved_size's."""
         if not 0 <= rank < self.saved_size:
+            from mpi4py import MPI
+
             raise InvalidArgumentError(f"rank_state({rank}): the checkpoint was written by "
-                                       f"{self.saved_size} rank(s)", op="checkpoint load")
+                                       f"{self.saved_size} rank(s)",
+                                       rank=MPI.COMM_WORLD.Get_rank(), op="checkpoint load")
         return load_torch(Path(self["folder"]) / _rank_file(rank))
 
 
