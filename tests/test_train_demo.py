@@ -40,11 +40,17 @@ def test_two_epochs_in_process(ctx, tmp_path):
     assert len(set(everyone)) == 1
 
 
-@pytest.mark.parametrize("mode", ["preduce", "pipeline"])
-def test_checkpoint_flags_are_refused_where_not_honoured(ctx, tmp_path, mode):
-    # A job that believes it is checkpointed and is not would lose everything when killed.
-    with pytest.raises(SystemExit, match=f"--mode {mode} does not checkpoint yet.*allreduce"):
-        main(["--mode", mode, "--epochs", "1", "--out", str(tmp_path),
+def test_checkpoint_flags_are_refused_where_not_honoured(ctx, tmp_path, monkeypatch):
+    """Every shipped mode checkpoints; a mode whose module does not say CHECKPOINTS = True
+    (one added later, here a test module) refuses the flags instead of running unprotected:
+    a job that believes it is checkpointed and is not loses everything when killed."""
+    from hpcdl.examples.modes import MODES, load_mode
+
+    assert all(getattr(load_mode(n), "CHECKPOINTS", False) for n in MODES)
+    monkeypatch.setitem(MODES, "no-checkpoints", "nocheckpoint_mode")
+    with pytest.raises(SystemExit, match="--mode no-checkpoints does not checkpoint .*"
+                                         "allreduce, .*pipeline"):
+        main(["--mode", "no-checkpoints", "--epochs", "1", "--out", str(tmp_path),
               "--checkpoint-dir", str(tmp_path / "ck")])
 
 

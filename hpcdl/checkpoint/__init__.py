@@ -13,8 +13,8 @@ JSON. See docs/fault-tolerance.md.
 
 from .manager import CheckpointError, CheckpointManager, Loaded
 from .signals import SignalFlag
-from .state import params_sha256, rng_state, set_rng_state
+from .state import params_sha256, rng_state, set_rng_state, state_sha256
 from .training import TrainingCheckpoint
 
 __all__ = ["CheckpointManager", "CheckpointError", "Loaded", "TrainingCheckpoint", "SignalFlag",
-           "params_sha256", "rng_state", "set_rng_state"]
+           "params_sha256", "state_sha256", "rng_state", "set_rng_state"]

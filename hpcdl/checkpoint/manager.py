@@ -61,12 +61,16 @@ class Loaded(dict):
         return int(self["manifest"]["size"])
 
     def local_of(self, rank: int) -> Any:
-        """Rank ``rank``'s ``local`` state as saved (checked against the manifest when the
-        checkpoint was chosen): for an elastic resume that re-splits per-rank state, such
-        as parameter-server shards, across another set of ranks."""
+        """The ``local`` state that rank ``rank`` of the saving job wrote (its file was
+        checked against the manifest with the rest): how a resume at another rank count
+        maps per-rank state, e.g. parameter-server shards re-split across other servers,
+        or new rank r taking saved rank r % saved_size's optimizer state."""
         if not 0 <= int(rank) < self.saved_size:
-            raise InvalidArgumentError(f"rank {rank}: this checkpoint was written by "
-                                       f"{self.saved_size} ranks", op="checkpoint load")
+            from mpi4py import MPI
+
+            raise InvalidArgumentError(f"local_of({rank}): rank {rank}: this checkpoint was "
+                                       f"written by {self.saved_size} rank(s)",
+                                       rank=MPI.COMM_WORLD.Get_rank(), op="checkpoint load")
         return load_torch(Path(self["folder"]) / _rank_file(int(rank)))
 
 

@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.planner import LoadItemType
 
 __all__ = ["save_sharded", "load_sharded", "SafeReader", "ensure_process_group"]
 
@@ -64,6 +65,17 @@ class SafeReader(FileSystemReader):
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+    def read_data(self, plan: Any, planner: Any) -> Any:
+        # DCP reads a non-tensor value back with torch.load(weights_only=False), a full
+        # unpickler: refused, like every other pickle in a checkpoint. Keep non-tensor
+        # state in the manager's shared/local files (weights_only) instead.
+        pickled = [r.dest_index.fqn for r in plan.items if r.type == LoadItemType.BYTE_IO]
+        if pickled:
+            raise pickle.UnpicklingError(f"DCP would unpickle {', '.join(pickled[:3])}"
+                                         f"{' ...' if len(pickled) > 3 else ''} (non-tensor "
+                                         "values) with a full unpickler (refused)")
+        return super().read_data(plan, planner)
 
 
 def ensure_process_group() -> None:

@@ -7,13 +7,13 @@ Every value is turned into tensors, lists, dicts, strings and numbers, so that
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
 __all__ = ["rng_state", "set_rng_state", "seed_everything", "component_state",
-           "load_component_state", "params_sha256"]
+           "load_component_state", "params_sha256", "state_sha256"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -64,10 +64,16 @@ def load_component_state(obj: Any, state: Any) -> None:
 def params_sha256(module: torch.nn.Module) -> str:
     """SHA-256 over the parameters and buffers (name, dtype, shape, bytes) in order:
     equal hashes mean bit-identical models."""
+    return state_sha256(module.state_dict().items())
+
+
+def state_sha256(items: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """:func:`params_sha256` of (name, tensor) pairs, e.g. a pipelined model's stages
+    gathered in order (the same hash as the whole model's ``state_dict``)."""
     import hashlib
 
     h = hashlib.sha256()
-    for name, t in module.state_dict().items():
+    for name, t in items:
         a = t.detach().cpu().contiguous()
         h.update(f"{name}:{a.dtype}:{tuple(a.shape)};".encode())
         h.update(a.reshape(-1).view(torch.uint8).numpy().tobytes() if a.numel() else b"")

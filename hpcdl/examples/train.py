@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # Refused, not ignored: a job that believes it is checkpointed and is not loses
         # everything when it is killed. (Every rank parses the same flags: all exit.)
         raise SystemExit(f"--checkpoint-dir/--resume: --mode {args.mode} does not checkpoint "
-                         "yet (its parameter-server, P-Reduce or pipeline state is not saved); "
+                         "(its module does not set CHECKPOINTS = True: its state is not saved); "
                          "modes that do: " + ", ".join(
                              n for n in MODES if getattr(load_mode(n), "CHECKPOINTS", False)))
     ctx = hpcdl.init()

@@ -31,7 +31,7 @@ from torch import nn
 from hpcdl.errors import InvalidArgumentError
 
 __all__ = ["partition", "parameter_costs", "has_parameters", "time_costs", "split_bounds",
-           "split_sequential", "build_stage", "build_layers"]
+           "split_sequential", "build_stage", "build_layers", "stage_bounds"]
 
 Balance = "str | Sequence[int]"
 
@@ -171,18 +171,25 @@ def build_stage(builders: Sequence[Callable[[], nn.Module]], stages: int, stage:
     weights. ``'time'`` is not offered here: it needs the layers' real forward;
     measure once with :func:`time_costs` and pass the split points.
     """
+    if not 0 <= stage < stages:
+        raise InvalidArgumentError(f"stage={stage} is not in 0..{stages - 1}",
+                                   op="pipeline.build_stage")
+    bounds = stage_bounds(builders, stages, balance)
+    mine = range(bounds[stage], bounds[stage + 1])
+    return nn.Sequential(*build_layers(builders, mine, seed, device))
+
+
+def stage_bounds(builders: Sequence[Callable[[], nn.Module]], stages: int,
+                 balance: Balance = "params") -> list[int]:
+    """The layer boundaries ``[0, b1, ..., n]`` that :func:`build_stage` cuts at: stage
+    ``s`` holds layers ``bounds[s]`` to ``bounds[s + 1] - 1`` of the whole model (what a
+    checkpoint needs to name a stage's parameters as the whole model does)."""
     if balance == "time":
         raise InvalidArgumentError("build_stage cannot time layers it does not build; use "
                                    "balance='params' or explicit split points (measured "
                                    "once with time_costs)", op="pipeline.build_stage")
-    if not 0 <= stage < stages:
-        raise InvalidArgumentError(f"stage={stage} is not in 0..{stages - 1}",
-                                   op="pipeline.build_stage")
     if balance == "params":
         with torch.device("meta"):
             shapes = [b() for b in builders]
-        bounds = partition(parameter_costs(shapes), stages, has_parameters(shapes))
-    else:
-        bounds = split_bounds([nn.Identity()] * len(builders), stages, balance)
-    mine = range(bounds[stage], bounds[stage + 1])
-    return nn.Sequential(*build_layers(builders, mine, seed, device))
+        return partition(parameter_costs(shapes), stages, has_parameters(shapes))
+    return split_bounds([nn.Identity()] * len(builders), stages, balance)

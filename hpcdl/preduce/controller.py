@@ -66,18 +66,28 @@ class Controller:
     poll: float = 0.0003
     log: list[Reply] = field(default_factory=list)   # every reply-set sent, for tests and stats
     error: BaseException | None = None
+    start_step: int = 0          # a resumed run: the steps its checkpoint had counted
 
     def __post_init__(self) -> None:
         self.n = self.comm.Get_size()
         self.conn = Connectivity(self.n, self.max_groups)
-        self.steps = 0
+        self.steps = self.start_step
+        # The state at the last full sync, the one consistent point of a run (every rank
+        # is in it, no group is open): what a checkpoint saves. Written by this thread
+        # before the sync's replies go out, and not again until every rank, rank 0
+        # included, has reported ready once more, so rank 0 reads it safely after its
+        # own reply.
+        self.synced: dict[str, float] | None = None
         self.open: list[int] = []
         self.open_at = 0.0
         self.barrier: str | None = None
         self.held: list[int] = []
         self.sigs: dict[int, str] = {}
         self.final: set[int] = set()
-        self.next_every = self.sync_every
+        # The next periodic sync: the first multiple of sync_every above the steps done
+        # (steps grow by one per message, so this is where an uninterrupted run stands).
+        self.next_every = self.sync_every * (self.steps // self.sync_every + 1) \
+            if self.sync_every else 0
         self.done = False
         self._reqs: list[Any] = []
         self._thread = threading.Thread(target=self._main, name="hpcdl-preduce-controller",
@@ -196,6 +206,8 @@ class Controller:
         self.held = sorted(self.final)  # closed ranks stay held until the stop
         self.barrier = None
         self.conn.reset()
+        self.synced = {"steps": self.steps, "deadline": self.deadline.value,
+                       "replies": len(self.log) + 1}
         self._send(reply)
         if end:
             self.done = True

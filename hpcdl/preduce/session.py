@@ -45,12 +45,15 @@ class PReduce:
     before a full sync is forced (default ``4 ceil((n-1)/(P-1))``).
     ``deadline``: ``(lo, initial, hi)`` seconds the first ready rank waits.
     ``timeout``: seconds any wait may take before it raises ``CommError``.
+    ``state``: a resumed run's :meth:`sync_state` from its checkpoint (read on rank 0):
+    the controller goes on counting from its steps (the periodic syncs and the budget
+    fall where they would have) with its adapted deadline.
     """
 
     def __init__(self, group_size: int, comm: Any = None, *, total_steps: int = 0,
                  sync_every: int = 0, max_groups: int | None = None,
                  deadline: tuple[float, float, float] = (0.0005, 0.005, 0.5),
-                 timeout: float = 600.0) -> None:
+                 timeout: float = 600.0, state: dict[str, Any] | None = None) -> None:
         from mpi4py import MPI
 
         c = default_comm(comm)
@@ -77,6 +80,16 @@ class PReduce:
                             f"MPI_THREAD_MULTIPLE; MPI gave level {MPI.Query_thread()} (start "
                             "MPI through hpcdl.init, or set mpi4py.rc.thread_level='multiple')",
                             rank=self.rank, size=self.size, op=_OP)
+        start_step = 0
+        if state is not None:  # checked wherever given (the main job passes it everywhere)
+            try:
+                start_step, saved = int(state["steps"]), float(state["deadline"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise bad(f"state={state!r}: expected PReduce.sync_state()'s dict ({exc})") \
+                    from None
+            if start_step < 0:
+                raise bad(f"state steps={start_step}: must be >= 0")
+            init = min(hi, max(lo, saved))  # the saved deadline, within this run's bounds
         self.timeout = float(timeout)
         self.max_groups = max_groups or default_max_groups(c.size, group_size)
         self._ctl = c.mpi.Dup()     # control messages only
@@ -90,7 +103,8 @@ class PReduce:
         self.controller: Controller | None = None
         if self.rank == 0:
             self.controller = Controller(self._ctl, group_size, Deadline(lo, init, hi),
-                                         self.max_groups, total_steps, sync_every, timeout)
+                                         self.max_groups, total_steps, sync_every, timeout,
+                                         start_step=start_step)
             self.controller.start()
 
     def __call__(self, x: Any) -> Reply:
@@ -98,6 +112,16 @@ class PReduce:
         controller assigns. Returns the controller's ``Reply`` (kind ``group``,
         ``sync`` or ``stop``; ``members``; ``reason``; ``step``)."""
         return self._exchange(x, final=False)
+
+    def sync_state(self) -> dict[str, Any] | None:
+        """The controller's state at the last full sync, what a checkpoint taken there must
+        save to continue the run (``steps``: ready messages counted over all ranks,
+        ``deadline``: the adapted group deadline, ``replies``: the length of the
+        controller's log then). Rank 0 only (None elsewhere, and before the first sync);
+        read it after this rank's own sync reply (see Controller.synced)."""
+        if self.controller is None or self.controller.synced is None:
+            return None
+        return dict(self.controller.synced)
 
     def close(self, x: Any) -> Reply | None:
         """This rank takes no more steps: wait, joining any full sync, until every rank

@@ -7,13 +7,18 @@ four stages each have real work). Micro-batches flow through torch's GPipe /
 1F1B schedule; each stage's gradients are averaged over its replicas with
 hpcdl's allreduce. ``--batch-size`` stays per rank: a replica's batch is
 ``batch_size x stages``, so the global batch equals the other modes'.
+
+Checkpoints (``--checkpoint-dir``, hpcdl/pipeline/checkpoint.py) hold every stage
+under the whole model's parameter names, through torch.distributed.checkpoint:
+a resume at the same ``--stages``/``--replicas`` is exact, one at another layout
+reshards. ``params_sha256`` hashes the whole model (the stages gathered).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -24,7 +29,9 @@ from hpcdl.torch import DistributedSampler
 
 from ..common import Data, Progress, RunResult, epoch_row
 
-__all__ = ["add_arguments", "run", "digits_layers"]
+__all__ = ["CHECKPOINTS", "add_arguments", "run", "digits_layers"]
+
+CHECKPOINTS = True  # --checkpoint-dir/--resume are honoured (hpcdl/pipeline/checkpoint.py)
 
 
 def digits_layers(classes: int = 10) -> list[Callable[[], nn.Module]]:
@@ -62,7 +69,11 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
                            device=device)
     pipe = hp.Pipeline(stage, grid, args.microbatches, nn.functional.cross_entropy,
                        schedule=args.schedule, device=device)
-    opt = pipe.distributed_optimizer(torch.optim.Adam(stage.parameters(), lr=args.lr))
+    adam = torch.optim.Adam(stage.parameters(), lr=args.lr)
+    opt = pipe.distributed_optimizer(adam)
+    # the stage's parameters under the whole model's names, for checkpoints and the hash
+    named = hp.whole_model_names(stage, hp.stage_bounds(builders, grid.stages,
+                                                        balance)[grid.stage])
 
     train = torch.utils.data.TensorDataset(data.x_train, data.y_train)
     # The stages of one replica must see the same samples: shard by replica.
@@ -73,11 +84,14 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
     bar = Progress(args.epochs * len(loader), ctx.rank == 0,
                    f"{grid.stages} stages x {grid.replicas} replicas")
     history: list[dict[str, float]] = []
-    for epoch in range(1, args.epochs + 1):
+    ck = make_checkpoint(args, grid, model=named, optimizer=adam, sampler=sampler,
+                         extra={"history": history})
+    bar.update(ck.step)
+    for epoch in ck.epochs(1, args.epochs + 1):
         sampler.set_epoch(epoch)
         start = time.perf_counter()
         running = torch.zeros(2, dtype=torch.float64)
-        for x, y in loader:
+        for x, y in ck.batches(loader, carry={"running": running}):
             opt.zero_grad()
             loss = pipe.step(x, y)
             opt.step()
@@ -100,7 +114,21 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
                      settings={"stages": grid.stages, "replicas": grid.replicas,
                                "microbatches": args.microbatches, "schedule": args.schedule,
                                "balance": args.balance,
-                               "stage_parameters": [int(v) for v in params]})
+                               "stage_parameters": [int(v) for v in params]},
+                     fields={"params_sha256": hp.pipeline_sha256(named, grid),
+                             "checkpoint": ck.summary()})
+
+
+def make_checkpoint(args: argparse.Namespace, grid: hp.Grid, **parts: Any
+                    ) -> hp.PipelineCheckpoint:
+    """The pipeline counterpart of checkpointing.make (same flags, same refusals)."""
+    if args.resume and not args.checkpoint_dir:
+        raise SystemExit("--resume needs --checkpoint-dir")
+    if args.checkpoint_every < 0:
+        raise SystemExit(f"--checkpoint-every {args.checkpoint_every}: use N >= 0")
+    return hp.PipelineCheckpoint(args.checkpoint_dir, args.checkpoint_every, grid=grid,
+                                 resume=args.resume, keep=args.checkpoint_keep, seed=args.seed,
+                                 **parts)
 
 
 def evaluate(pipe: hp.Pipeline, grid: hp.Grid, data: Data) -> float:

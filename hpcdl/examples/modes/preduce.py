@@ -5,6 +5,11 @@ with the first ranks that are ready (at most P). A fast rank is never held back
 by a slow one outside its group, so fast ranks take more of the steps: an
 "epoch" is the controller's count of ``len(train) / batch_size`` steps from
 all ranks together, closed by a full sync (all ranks average, then evaluate).
+
+Checkpoints (``--checkpoint-dir``) are taken at those epoch-end full syncs, the one
+point where every rank holds the same model (hpcdl/preduce/checkpoint.py);
+``--checkpoint-every N`` counts steps over all ranks and is rounded up to the next
+full sync. SIGUSR1 checkpoints at the next full sync and exits 0.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -20,9 +25,14 @@ from torch import nn
 import hpcdl
 import hpcdl.torch as hdt
 
+from hpcdl.checkpoint import params_sha256
+from hpcdl.preduce.checkpoint import PReduceCheckpoint
+
 from ..common import Data, Progress, RunResult, SmallCNN, epoch_row, evaluate
 
-__all__ = ["add_arguments", "run", "batches"]
+__all__ = ["CHECKPOINTS", "add_arguments", "run", "batches", "Shard"]
+
+CHECKPOINTS = True  # --checkpoint-dir/--resume are honoured, at the epochs' full syncs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,16 +43,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="groups before a forced full sync if still disconnected; 0: default")
 
 
+class Shard:
+    """This rank's shard, reshuffled on every pass, forever (fast ranks pass it more
+    often); it knows where it is (pass, batches taken of it) so a checkpoint can save it."""
+
+    def __init__(self, data: Data, batch_size: int, seed: int) -> None:
+        train = torch.utils.data.TensorDataset(data.x_train, data.y_train)
+        self.sampler = hdt.DistributedSampler(train, shuffle=True, seed=seed)
+        self.loader = torch.utils.data.DataLoader(train, batch_size=batch_size,
+                                                  sampler=self.sampler)
+        self.passes = 1   # the pass in progress (the sampler's epoch)
+        self.taken = 0    # its batches handed out so far
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            self.sampler.set_epoch(self.passes)
+            batches = iter(self.loader)
+            for _ in range(self.taken):  # resumed mid-pass: skip what was trained on
+                next(batches, None)
+            for batch in batches:
+                self.taken += 1
+                yield batch
+            self.passes, self.taken = self.passes + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"passes": self.passes, "taken": self.taken}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.passes, self.taken = int(state["passes"]), int(state["taken"])
+
+
 def batches(data: Data, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's shard, reshuffled on every pass, forever (fast ranks pass it more often)."""
-    train = torch.utils.data.TensorDataset(data.x_train, data.y_train)
-    sampler = hdt.DistributedSampler(train, shuffle=True, seed=seed)
-    loader = torch.utils.data.DataLoader(train, batch_size=batch_size, sampler=sampler)
-    epoch = 0
-    while True:
-        epoch += 1
-        sampler.set_epoch(epoch)
-        yield from loader
+    yield from Shard(data, batch_size, seed)
 
 
 def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
@@ -51,16 +84,21 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
     hdt.broadcast_parameters(model.state_dict(), root_rank=0)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps_per_epoch = math.ceil(len(data.y_train) / args.batch_size)
+    shard = Shard(data, args.batch_size, args.seed)
+    history: list[dict[str, float]] = []
+    ck = make_checkpoint(args, ctx, model=model, optimizer=opt, stream=shard,
+                         extra={"history": history})
     session = hpcdl.PReduce(args.group_size, total_steps=args.epochs * steps_per_epoch,
-                            sync_every=steps_per_epoch, max_groups=args.max_groups or None)
+                            sync_every=steps_per_epoch, max_groups=args.max_groups or None,
+                            state=ck.session_state)
     avg = hdt.PReduceAverager(model.parameters(), session)
 
     bar = Progress(args.epochs, ctx.rank == 0, f"{ctx.size} rank(s), P={args.group_size}",
                    unit="epoch")
-    history: list[dict[str, float]] = []
+    bar.update(len(history))
     running = torch.zeros(3, dtype=torch.float64)  # loss sum, samples, steps (this rank)
     start = time.perf_counter()
-    for x, y in batches(data, args.batch_size, args.seed):
+    for x, y in shard:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
@@ -82,17 +120,29 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
         bar.update(1)
         bar.epoch(history[-1])
         running.zero_()
-        start = time.perf_counter()
         if reply.kind == "stop":
             break
+        ck.at_sync(session, reply)   # every rank holds the same model here
+        start = time.perf_counter()
     bar.close()
-    stats = {"groups": 0, "forced_syncs": 0}
+    stats: dict[str, Any] = {"groups": 0, "forced_syncs": 0}
     if session.controller is not None:
-        log = session.controller.log
-        stats = {"groups": sum(r.kind == "group" for r in log),
-                 "forced_syncs": sum(r.reason == "connect" for r in log),
+        stats = {**ck.stats_since_start(session),
                  "final_deadline_s": session.controller.deadline.value}
+    # the final full sync (the "stop") left every rank with the same model: hash rank 0's
     return RunResult(history=history, test_accuracy=history[-1]["accuracy"],
                      writer=ctx.rank == 0,
                      settings={"group_size": args.group_size, "max_groups": session.max_groups},
-                     fields={"preduce": stats})
+                     fields={"preduce": stats, "params_sha256": params_sha256(model),
+                             "checkpoint": ck.summary()})
+
+
+def make_checkpoint(args: argparse.Namespace, ctx: hpcdl.Context, **parts: Any
+                    ) -> PReduceCheckpoint:
+    """The P-Reduce counterpart of checkpointing.make (same flags, same refusals)."""
+    if args.resume and not args.checkpoint_dir:
+        raise SystemExit("--resume needs --checkpoint-dir")
+    if args.checkpoint_every < 0:
+        raise SystemExit(f"--checkpoint-every {args.checkpoint_every}: use N >= 0")
+    return PReduceCheckpoint(args.checkpoint_dir, args.checkpoint_every, resume=args.resume,
+                             keep=args.checkpoint_keep, seed=args.seed, comm=ctx.comm, **parts)
