@@ -208,77 +208,37 @@ class FP16Compressor:
         return payload.reshape(x.shape), FP16Context(x.dtype, x.shape, scales, self.chunk_size,
                                                      "numpy")
 
-    # -- torch (CPU, or CUDA without CuPy): torch ops, same math ---------------------
-    # Chunks are rows of a 2-D view (the full ones) plus a 1-D tail, and the scales are
-    # broadcast over them: no padded copy and no per-element scale vector
-    # (``repeat_interleave``). NaN/inf are turned into +inf on the per-chunk maxima, not
-    # on the elements (``torch.amax`` propagates NaN): that pass over every element cost
-    # 3.7 ms of the 12.5 ms a 1.1 M-element compress took (docs/compression.md).
-    @staticmethod
-    def _rows(v: Any, ce: int) -> tuple[Any, Any]:
-        """``(full, tail)``: the full chunks as a ``(rows, ce)`` view and the rest."""
-        full = v.numel() // ce * ce
-        return v[:full].view(-1, ce), v[full:]
-
+    # -- torch (CPU, or CUDA without CuPy): torch ops, same math (fp16_torch.py) -------
     def _compress_torch(self, t: Any, name: str | None) -> tuple[Any, FP16Context]:
         import torch
+
+        from . import fp16_torch
 
         self._check_float(t.dtype)
         if not t.is_contiguous():
             t = t.contiguous()
         v = t.detach().reshape(-1).to(torch.float32)
-        n, ce = v.numel(), self.chunk_size
-        body, tail = self._rows(v, ce)
-        # max(amax, -amin): two reads and no |x| temporary (0.23 ms vs 0.35 ms for
-        # abs().amax() on 1.1 M elements, one thread); aminmax is 15x slower on the CPU.
-        maxabs = torch.maximum(body.amax(1), body.amin(1).neg())
-        if tail.numel():
-            maxabs = torch.cat([maxabs, torch.maximum(tail.amax(), tail.amin().neg()).reshape(1)])
+        n = v.numel()
+        maxabs = fp16_torch.chunk_maxabs(v, self.chunk_size)
         if n:
-            # NaN (amax propagates it) and inf both mean "not finite": +inf, as the
-            # reference's chunk_absmax gives, so the max over ranks sees them.
-            maxabs = torch.nan_to_num(maxabs, nan=float("inf"), posinf=float("inf"))
             self._allreduce_max(maxabs)
         scales_np = reference.fp16_scales(maxabs.cpu().numpy(), self.comm.size)
         scales = torch.from_numpy(scales_np).to(t.device)
+        r = None
         if self.error_feedback:
             key = self._key(name, t.data_ptr(), tuple(t.shape), t.dtype)
             r = self._residuals.get(key)
             if r is None or r.numel() != n or r.device != t.device:
                 r = self._residuals[key] = torch.zeros(n, dtype=torch.float32, device=t.device)
-            v = v + r
-            body, tail = self._rows(v, ce)
-        q = torch.empty(n, dtype=torch.float16, device=t.device)
-        qb, qt = self._rows(q, ce)
-        rows = body.shape[0]
-        torch.mul(body, scales[:rows, None], out=qb)  # float32 product, one rounding
-        if tail.numel():
-            torch.mul(tail, scales[rows], out=qt)
-        if self.error_feedback:
-            inv = 1.0 / scales
-            new = torch.empty_like(v)
-            nb, nt = self._rows(new, ce)
-            torch.sub(body, qb.to(torch.float32) * inv[:rows, None], out=nb)
-            if tail.numel():
-                torch.sub(tail, qt.to(torch.float32) * inv[rows], out=nt)
-            r.copy_(torch.where(torch.isfinite(new), new, torch.zeros_like(new)))
+        q = fp16_torch.quantize(v, scales, self.chunk_size, r)
         return q.view(t.shape), FP16Context(t.dtype, tuple(t.shape), scales, self.chunk_size,
                                             "torch")
 
     def _decompress_torch(self, payload: Any, ctx: FP16Context) -> Any:
-        import torch
+        from . import fp16_torch
 
-        p = payload.reshape(-1)
-        inv = 1.0 / ctx.scales
-        out = torch.empty(p.numel(), dtype=torch.float32, device=p.device)
-        pb, pt = self._rows(p, ctx.chunk_size)
-        ob, ot = self._rows(out, ctx.chunk_size)
-        rows = pb.shape[0]
-        # widen (exact), then scale in float32: a mixed-dtype mul(out=) is 4x slower
-        ob.copy_(pb).mul_(inv[:rows, None])
-        if pt.numel():
-            ot.copy_(pt).mul_(inv[rows])
-        return (out if ctx.dtype == torch.float32 else out.to(ctx.dtype)).view(ctx.shape)
+        return fp16_torch.dequantize(payload, ctx.scales, ctx.chunk_size,
+                                     ctx.dtype).view(ctx.shape)
 
     # -- CUDA kernels (torch CUDA tensors, CuPy arrays) ---------------------------
     def _new(self, like: Any, kind: str, n: int, dtype: str) -> Any:
