@@ -28,8 +28,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "horovod_examples" / "shim"))
 
-import hpcdl.horovod.torch as hvd  # noqa: E402
-from torchvision import models  # noqa: E402 - the shim, not the real torchvision
+from torchvision import models  # the shim above, not the real torchvision
+
+import hpcdl.horovod.torch as hvd
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["chunk_maxabs", "quantize", "dequantize"]
+__all__ = ["chunk_maxabs", "dequantize", "quantize"]
 
 
 def _rows(v: torch.Tensor, ce: int) -> tuple[torch.Tensor, torch.Tensor]:
