@@ -13,8 +13,17 @@ Alternates, round after round in one session, at 2 ranks:
 
 each with fp32 and ``--fp16-allreduce`` gradients (the ceiling has no
 compression to vary). The model is the torchvision shim's ``small_cnn``
-(tests/horovod_examples/shim). Prints img/s medians (total over ranks) and the
-ratios hpcdl / best Horovod and hpcdl / ceiling; ``--json PATH`` saves them.
+(tests/horovod_examples/shim). Prints img/s medians (total over ranks), the
+ratios hpcdl / best Horovod and hpcdl / ceiling of the medians, and the same
+ratios paired round by round (each round runs every configuration back to back,
+so a paired ratio cancels most of a shared machine's drift); ``--json PATH``
+saves them.
+
+``--no-horovod`` leaves the Horovod rows out. ``--baseline DIR`` adds rows
+``hpcdl@base fp32/fp16`` running the hpcdl of another checkout (e.g. ``main``)
+in the same rounds, to measure a change before and after in one session. Every
+hpcdl row imports hpcdl from its own tree (``PYTHONPATH``), not from wherever
+the launching venv's editable install points.
 """
 
 from __future__ import annotations
@@ -66,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches-per-iter", type=int, default=5)
     p.add_argument("--timeout", type=int, default=600)
     p.add_argument("--json", default=None)
+    p.add_argument("--no-horovod", action="store_true",
+                   help="measure only hpcdl (and --baseline) and the ceiling")
+    p.add_argument("--baseline", default=None, metavar="DIR",
+                   help="another hpcdl checkout to measure in the same rounds (hpcdl@base rows)")
     args = p.parse_args(argv)
     hvd_python = Path(args.horovod_venv) / "bin" / "python"
-    has_horovod = hvd_python.exists() and subprocess.run(
+    has_horovod = not args.no_horovod and hvd_python.exists() and subprocess.run(
         [str(hvd_python), "-c", "import horovod.torch"], capture_output=True).returncode == 0
-    if not has_horovod:
+    if not has_horovod and not args.no_horovod:
         print(f"horovod.torch does not import from {hvd_python}: measuring hpcdl and the "
               "ceiling only", file=sys.stderr)
     bench_args = ["--model", "small_cnn", "--batch-size", str(args.batch_size),
@@ -94,13 +107,18 @@ def main(argv: list[str] | None = None) -> int:
                 configs.append((f"horovod {tag}", hv, {"PYTHONPATH": str(SHIM)}))
                 configs.append((f"horovod-cycle20 {tag}", hv,
                                 {"PYTHONPATH": str(SHIM), "HOROVOD_CYCLE_TIME": "20"}))
-            hp = [hpcdl_cli, "launch", "-n", str(args.ranks), "--", "python",
-                  str(scripts["hpcdl"]), *bench_args, *flag]
-            configs.append((f"hpcdl {tag}", hp, {"PYTHONPATH": str(SHIM)}))
+            trees = [("hpcdl", ROOT)]
+            if args.baseline:
+                trees.append(("hpcdl@base", Path(args.baseline).resolve()))
+            for label, tree in trees:
+                hp = [hpcdl_cli, "launch", "-n", str(args.ranks), "--", "python",
+                      str(tree / EXAMPLE.relative_to(ROOT)), *bench_args, *flag]
+                configs.append((f"{label} {tag}", hp,
+                                {"PYTHONPATH": os.pathsep.join([str(SHIM), str(tree)])}))
         ceil = [hpcdl_cli, "launch", "-n", str(args.ranks), "--", "python",
                 str(scripts["ceiling"]), *bench_args]
-        configs.append(("ceiling", ceil, {"PYTHONPATH": os.pathsep.join([str(SHIM),
-                                                                          str(NOCOMM)])}))
+        configs.append(("ceiling", ceil, {"PYTHONPATH": os.pathsep.join(
+            [str(SHIM), str(NOCOMM), str(ROOT)])}))
         for r in range(args.rounds):
             for name, cmd, extra in configs:
                 value = _run(cmd, {**base_env, **extra}, args.timeout)
@@ -120,9 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         ratios[f"hpcdl/ceiling {tag}"] = med[f"hpcdl {tag}"] / med["ceiling"]
     for k, v in ratios.items():
         print(f"{k:28s} {v:6.3f}")
+    paired = {f"{k}/ceiling": [a / c for a, c in zip(v, results["ceiling"])]
+              for k, v in results.items() if k.startswith("hpcdl")}
+    print("\npaired by round (same round's ceiling)   median  per round")
+    for k, v in paired.items():
+        print(f"{k:40s} {statistics.median(v):6.3f}  {', '.join(f'{x:.3f}' for x in v)}")
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": results, "median": med,
-                                               "ratios": ratios, "args": vars(args)}, indent=2))
+                                               "ratios": ratios, "paired": paired,
+                                               "args": vars(args)}, indent=2))
     return 0
 
 

@@ -5,7 +5,12 @@ the operator and dtype decisions here, in one place:
 
 * algorithms written in Python reduce with :func:`reduce_into`, which uses
   NumPy ufuncs; for float16/bfloat16 those compute in float32 and round once
-  per step (NumPy's half loops and ml_dtypes' bfloat16 loops both do that);
+  per step (NumPy's half loops and ml_dtypes' bfloat16 loops both do that).
+  A float16/bfloat16 ``sum`` of a few thousand elements or more goes through
+  torch's vectorised add when torch is already imported: the same float32
+  add and one rounding, bit for bit, 30x (float16) and 5x (bfloat16) faster
+  than NumPy's scalar half loops (measured on this VM's CPU, 550 k elements:
+  4.4 ms vs 0.14 ms); this is what makes the ring of a float16 payload cheap;
 * the native MPI path upcasts float16/bfloat16 to float32 before handing the
   data to MPI (see :func:`mpi_reducible`), so they are never reduced as raw
   bytes or misread as FLOAT;
@@ -15,6 +20,7 @@ the operator and dtype decisions here, in one place:
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -115,8 +121,28 @@ def check_root(root: Any, size: int, *, rank: int | None = None, op_name: str | 
     return int(root)
 
 
+#: Below this many elements NumPy's half loop is as fast as a torch dispatch (~5 us).
+_TORCH_HALF_MIN = 4096
+
+
+def _torch_view(a: np.ndarray, torch: Any) -> Any:
+    """``a`` as a torch tensor sharing its memory (bfloat16 through an int16 view)."""
+    if a.dtype == bfloat16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
 def reduce_into(dst: np.ndarray, src: np.ndarray, op: ReduceOp) -> None:
     """``dst = dst (op) src`` elementwise, in place. ``avg`` reduces as ``sum``."""
+    if (dst.dtype in _HALF and dst.size >= _TORCH_HALF_MIN and op in (ReduceOp.SUM, ReduceOp.AVG)
+            and src.dtype == dst.dtype and src.shape == dst.shape
+            and dst.flags.c_contiguous and src.flags.c_contiguous
+            and dst.flags.writeable and src.flags.writeable):
+        # Never imported here for this: only when the process already uses torch.
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            _torch_view(dst, torch).add_(_torch_view(src, torch))
+            return
     _UFUNC[op](dst, src, out=dst)
 
 

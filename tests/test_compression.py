@@ -79,6 +79,38 @@ def test_torch_path_equals_numpy_reference_bit_for_bit(ctx, rng):
         np.testing.assert_array_equal(sa, sb)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("n", [0, 5, 64, 3 * 64, 3 * 64 + 7])
+def test_torch_chunk_views_equal_numpy_reference(ctx, rng, dtype, n):
+    """The torch path cuts chunks as a 2-D view plus a tail and broadcasts the scales;
+    payload, scales, residual and decompressed sum equal the NumPy reference bit for
+    bit for every size (none, under one chunk, whole chunks, a partial last chunk),
+    every input dtype and non-finite values (their chunk keeps scale 1)."""
+    chunk = 64
+    x64 = rng.standard_normal(n) * 10.0 ** rng.integers(-6, 6, size=n)
+    if n > 64:
+        x64[3], x64[70] = np.nan, -np.inf  # chunk 0 and chunk 1 are non-finite
+    t = torch.from_numpy(x64).to(getattr(torch, dtype))
+    ref_in = t.to(torch.float64).numpy()  # the same values the torch path starts from
+    a = FP16Compressor(chunk_size=chunk, comm=ctx.comm, error_feedback=True)
+    b = FP16Compressor(chunk_size=chunk, comm=ctx.comm, error_feedback=True)
+    for _ in range(2):  # the second step adds the residual of the first
+        pa, ca = a.compress(ref_in.astype(np.float32), name="w")
+        pb, cb = b.compress(t, name="w")
+        np.testing.assert_array_equal(pa.view(np.uint16), pb.numpy().view(np.uint16))
+        np.testing.assert_array_equal(ca.scales, cb.scales.numpy())
+        np.testing.assert_array_equal(a.state_dict()["residuals"]["w"]["value"].numpy(),
+                                      b.state_dict()["residuals"]["w"]["value"].numpy())
+        da = a.decompress(pa, ca)
+        db = b.decompress(pb, cb)
+        assert db.dtype == t.dtype and tuple(db.shape) == (n,)
+        np.testing.assert_array_equal(da.astype(np.float32),
+                                      db.to(torch.float32).numpy())
+    if n > 64:
+        assert np.isnan(db[3].item()) and db[70].item() == -np.inf
+        assert cb.scales[0].item() == 1.0 and cb.scales[1].item() == 1.0
+
+
 def test_plain_half_overflows_and_underflows_where_fp16_compressor_does_not(ctx):
     chunk = 8
     big = np.array([1e5, -7e4, 65520.0, 3e6, 1e5, 2e5, -9e4, 7e4], np.float32)

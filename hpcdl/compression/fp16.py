@@ -208,44 +208,37 @@ class FP16Compressor:
         return payload.reshape(x.shape), FP16Context(x.dtype, x.shape, scales, self.chunk_size,
                                                      "numpy")
 
-    # -- torch (CPU, or CUDA without CuPy): torch ops, same math ---------------------
+    # -- torch (CPU, or CUDA without CuPy): torch ops, same math (fp16_torch.py) -------
     def _compress_torch(self, t: Any, name: str | None) -> tuple[Any, FP16Context]:
         import torch
+
+        from . import fp16_torch
 
         self._check_float(t.dtype)
         if not t.is_contiguous():
             t = t.contiguous()
         v = t.detach().reshape(-1).to(torch.float32)
-        n, ce = v.numel(), self.chunk_size
-        rows = -(-n // ce)
-        a = v.abs()
-        a = torch.where(torch.isfinite(a), a, torch.full_like(a, float("inf")))
-        maxabs = torch.nn.functional.pad(a, (0, rows * ce - n)).view(rows, ce).amax(1) \
-            if n else a.new_zeros(0)
+        n = v.numel()
+        maxabs = fp16_torch.chunk_maxabs(v, self.chunk_size)
         if n:
             self._allreduce_max(maxabs)
         scales_np = reference.fp16_scales(maxabs.cpu().numpy(), self.comm.size)
         scales = torch.from_numpy(scales_np).to(t.device)
-        s = scales.repeat_interleave(ce)[:n]
+        r = None
         if self.error_feedback:
             key = self._key(name, t.data_ptr(), tuple(t.shape), t.dtype)
             r = self._residuals.get(key)
             if r is None or r.numel() != n or r.device != t.device:
                 r = self._residuals[key] = torch.zeros(n, dtype=torch.float32, device=t.device)
-            v = v + r
-        q = (v * s).to(torch.float16)
-        if self.error_feedback:
-            new = v - q.to(torch.float32) * (1.0 / s)
-            r.copy_(torch.where(torch.isfinite(new), new, torch.zeros_like(new)))
+        q = fp16_torch.quantize(v, scales, self.chunk_size, r)
         return q.view(t.shape), FP16Context(t.dtype, tuple(t.shape), scales, self.chunk_size,
                                             "torch")
 
     def _decompress_torch(self, payload: Any, ctx: FP16Context) -> Any:
-        import torch
+        from . import fp16_torch
 
-        n = payload.numel()
-        f = (1.0 / ctx.scales).repeat_interleave(ctx.chunk_size)[:n]
-        return (payload.reshape(-1).to(torch.float32) * f).to(ctx.dtype).view(ctx.shape)
+        return fp16_torch.dequantize(payload, ctx.scales, ctx.chunk_size,
+                                     ctx.dtype).view(ctx.shape)
 
     # -- CUDA kernels (torch CUDA tensors, CuPy arrays) ---------------------------
     def _new(self, like: Any, kind: str, n: int, dtype: str) -> Any:
