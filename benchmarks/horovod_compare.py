@@ -9,6 +9,8 @@ Alternates, round after round in one session, at 2 ranks:
                        spins a core, which costs compute on small CPU machines)
 * ``hpcdl``            the script with ``import hpcdl.horovod.torch as hvd``
 * ``ceiling``          the same processes with no communication at all
+* ``sync-ceiling``     the same, but the ranks meet once per step (a 4-byte
+                       allreduce): what synchronisation alone costs here
                        (benchmarks/horovod_nocomm/hvd_nocomm.py)
 
 each with fp32 and ``--fp16-allreduce`` gradients (the ceiling has no
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         scripts = {"horovod": _script(tmp, "horovod", "import horovod.torch as hvd"),
-                   "hpcdl": EXAMPLE, "ceiling": _script(tmp, "nocomm", "import hvd_nocomm as hvd")}
+                   "hpcdl": EXAMPLE, "ceiling": _script(tmp, "nocomm", "import hvd_nocomm as hvd"),
+                   "sync-ceiling": _script(tmp, "synconly", "import hvd_synconly as hvd")}
         base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         configs: list[tuple[str, list[str], dict[str, str]]] = []
         for fp16 in (False, True):
@@ -115,10 +118,11 @@ def main(argv: list[str] | None = None) -> int:
                       str(tree / EXAMPLE.relative_to(ROOT)), *bench_args, *flag]
                 configs.append((f"{label} {tag}", hp,
                                 {"PYTHONPATH": os.pathsep.join([str(SHIM), str(tree)])}))
-        ceil = [hpcdl_cli, "launch", "-n", str(args.ranks), "--", "python",
-                str(scripts["ceiling"]), *bench_args]
-        configs.append(("ceiling", ceil, {"PYTHONPATH": os.pathsep.join(
-            [str(SHIM), str(NOCOMM), str(ROOT)])}))
+        for name in ("ceiling", "sync-ceiling"):
+            ceil = [hpcdl_cli, "launch", "-n", str(args.ranks), "--", "python",
+                    str(scripts[name]), *bench_args]
+            configs.append((name, ceil, {"PYTHONPATH": os.pathsep.join(
+                [str(SHIM), str(NOCOMM), str(ROOT)])}))
         for r in range(args.rounds):
             for name, cmd, extra in configs:
                 value = _run(cmd, {**base_env, **extra}, args.timeout)
@@ -138,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         ratios[f"hpcdl/ceiling {tag}"] = med[f"hpcdl {tag}"] / med["ceiling"]
     for k, v in ratios.items():
         print(f"{k:28s} {v:6.3f}")
-    paired = {f"{k}/ceiling": [a / c for a, c in zip(v, results["ceiling"])]
-              for k, v in results.items() if k.startswith("hpcdl")}
-    print("\npaired by round (same round's ceiling)   median  per round")
+    paired = {f"{k}/{c}": [a / b for a, b in zip(v, results[c])]
+              for c in ("ceiling", "sync-ceiling")
+              for k, v in results.items() if k.startswith("hpcdl") or k == "sync-ceiling"
+              if k != c}
+    print("\npaired by round (same round's ceilings)  median  per round")
     for k, v in paired.items():
         print(f"{k:40s} {statistics.median(v):6.3f}  {', '.join(f'{x:.3f}' for x in v)}")
     if args.json:
