@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 __all__ = ["rng_state", "set_rng_state", "seed_everything", "component_state",
-           "load_component_state", "params_sha256", "state_sha256"]
+           "load_component_state", "restore_extra", "params_sha256", "state_sha256"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,6 +59,23 @@ def component_state(obj: Any) -> Any:
 def load_component_state(obj: Any, state: Any) -> None:
     if state is not None and callable(getattr(obj, "load_state_dict", None)):
         obj.load_state_dict(state)
+
+
+def restore_extra(extra: dict[str, Any], saved: dict[str, Any]) -> None:
+    """Put a checkpoint's ``extra`` values back into the caller's ``extra`` dict, in
+    place where the caller holds a list, dict or tensor (the loop keeps references to
+    them, e.g. the history it appends to), else by replacing the entry."""
+    for name, value in saved.items():
+        target = extra.get(name)
+        if isinstance(target, list):
+            target[:] = value
+        elif isinstance(target, dict):
+            target.clear()
+            target.update(value)
+        elif isinstance(target, torch.Tensor):
+            target.copy_(value)
+        else:
+            extra[name] = value
 
 
 def params_sha256(module: torch.nn.Module) -> str:

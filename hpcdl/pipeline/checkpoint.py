@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -44,8 +44,9 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optim
 
 import hpcdl
 
-from ..checkpoint import CheckpointManager, SignalFlag, rng_state, set_rng_state, state_sha256
-from ..checkpoint.state import seed_everything
+from ..checkpoint import rng_state, state_sha256
+from ..checkpoint.loop import CheckpointLoop
+from ..checkpoint.state import restore_extra, seed_everything
 from ..errors import InvalidArgumentError
 from .grid import Grid
 
@@ -75,35 +76,23 @@ def pipeline_sha256(model: nn.Module, grid: Grid) -> str:
     return state_sha256(item for stage in everyone[:grid.stages] for item in stage)
 
 
-class PipelineCheckpoint:
+class PipelineCheckpoint(CheckpointLoop):
     """Saves and resumes a pipelined training loop (see the module docstring)."""
 
     def __init__(self, directory: "str | Path | None", every: int, *, grid: Grid,
                  model: nn.Module, optimizer: torch.optim.Optimizer, sampler: Any = None,
                  extra: dict[str, Any] | None = None, resume: bool = False, keep: int = 2,
                  seed: int = 0, signals: Iterable["str | int"] = ("USR1",)) -> None:
-        self.comm = hpcdl.init().comm   # DCP runs over the default group: every rank
+        # DCP runs over the default group: every rank
+        super().__init__(directory, every, comm=hpcdl.init().comm, keep=keep, seed=seed,
+                         signals=signals)
         self.grid = grid
-        if int(every) < 0:
-            raise InvalidArgumentError(f"every={every}: use N >= 0 steps (0: only when "
-                                       "signalled)", rank=self.comm.rank, op="checkpoint")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise InvalidArgumentError(f"optimizer is a {type(optimizer).__name__}: pass the "
                                        "torch optimizer itself (a DistributedOptimizer's "
                                        ".optimizer)", rank=self.comm.rank, op="checkpoint")
-        self.manager = (CheckpointManager(directory, keep=keep, comm=self.comm)
-                        if directory is not None else None)
-        self.every = int(every) if self.manager is not None else 0
         self.model, self.optimizer, self.sampler = model, optimizer, sampler
         self.extra = extra if extra is not None else {}
-        self.seed = int(seed)
-        self.signal = SignalFlag(signals) if signals and self.manager is not None else None
-        self.step = 0            # optimizer steps done, over the whole run
-        self.epoch = 1           # the epoch in progress
-        self.position = 0        # samples of this epoch consumed over all replicas
-        self.resumed_from: int | None = None
-        self._carry_saved: dict[str, torch.Tensor] = {}
-        self._rng_pending: dict[str, Any] | None = None
         if resume and self.manager is not None:
             self._resume()
 
@@ -126,9 +115,7 @@ class PipelineCheckpoint:
         if loaded is None:
             # back to the state of a fresh optimizer (the zero state above has step 1)
             self.optimizer.state.clear()
-            if self.comm.rank == 0:
-                print(f"no checkpoint in {self.manager.directory}: starting from scratch",
-                      file=sys.stderr, flush=True)
+            self._no_checkpoint()
             return
         shared = loaded["shared"]
         self.model.load_state_dict(sharded["model"])
@@ -140,15 +127,7 @@ class PipelineCheckpoint:
         set_optimizer_state_dict(self.model, self.optimizer, {
             **{k: shared["optim_values"][k] for k in values}, **sharded["optim"]},
             options=_OPTIONS)
-        for name, value in shared["extra"].items():
-            target = self.extra.get(name)
-            if isinstance(target, list):
-                target[:] = value
-            elif isinstance(target, dict):
-                target.clear()
-                target.update(value)
-            else:
-                self.extra[name] = value
+        restore_extra(self.extra, shared["extra"])
         c = shared["counters"]
         self.step, self.epoch, self.position = c["step"], c["epoch"], c["position"]
         self.resumed_from = self.step
@@ -171,46 +150,9 @@ class PipelineCheckpoint:
             print(f"resumed from {loaded['folder']} (step {self.step}, epoch {self.epoch}, "
                   f"global sample {self.position}; {how})", file=sys.stderr, flush=True)
 
-    # -- the loop ----------------------------------------------------------------------
-    def epochs(self, first: int, stop: int) -> Iterator[int]:
-        """``range(first, stop)``, starting at the resumed epoch."""
-        for epoch in range(max(first, self.epoch), stop):
-            if epoch != self.epoch:
-                self.epoch, self.position = epoch, 0
-            yield epoch
-
-    def batches(self, loader: Any, carry: dict[str, torch.Tensor] | None = None) -> Iterator[Any]:
-        """The loader's batches from the saved position; saves after every ``every``
-        steps, and on a signal saves and exits 0. ``carry``: per-rank running sums of the
-        epoch, saved and restored in place (see TrainingCheckpoint.batches)."""
-        carry = carry or {}
-        for name, t in carry.items():
-            if name in self._carry_saved:
-                t.copy_(self._carry_saved[name])
-        self._carry_saved = {}
-        start = self.position
-        if self.sampler is not None and hasattr(self.sampler, "set_start"):
-            self.sampler.set_start(start)
-        batch = getattr(loader, "batch_size", None) or 1
-        iterator = iter(loader)
-        if self._rng_pending is not None:
-            set_rng_state(self._rng_pending)
-            self._rng_pending = None
-        done = 0
-        for item in iterator:
-            yield item
-            done += 1
-            self.step += 1
-            # every replica took `batch` samples (the loader drops the last partial one)
-            self.position = start + done * batch * self.grid.replicas
-            if self.every and self.step % self.every == 0:
-                self.save(carry)
-            if self.signal is not None and self.signal.agreed(self.comm):
-                self.save(carry)
-                if self.comm.rank == 0:
-                    print(f"checkpointed at step {self.step} on {self.signal.name}; exiting "
-                          "so the job can be requeued and resumed", file=sys.stderr, flush=True)
-                raise SystemExit(0)
+    def consumers(self) -> int:
+        """The sampler shards by replica: the D replicas take distinct samples."""
+        return self.grid.replicas
 
     # -- saving ------------------------------------------------------------------------
     def save(self, carry: dict[str, torch.Tensor] | None = None) -> Path:
@@ -232,11 +174,3 @@ class PipelineCheckpoint:
                       "carry_sum": summed}
         local = {"rng": rng_state(), "carry": mine}
         return self.manager.save(self.step, shared, local, sharded=sharded)
-
-    def summary(self) -> dict[str, Any]:
-        """What the main job adds to metrics.json."""
-        if self.manager is None:
-            return {"saves": 0}
-        return {"saves": self.manager.saves, "save_seconds": round(self.manager.save_seconds, 4),
-                "resumed_from_step": self.resumed_from, "every_steps": self.every,
-                "directory": str(self.manager.directory)}

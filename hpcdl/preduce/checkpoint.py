@@ -41,8 +41,9 @@ from typing import Any, Iterable
 
 import torch
 
-from ..checkpoint import CheckpointError, CheckpointManager, SignalFlag, params_sha256, rng_state, set_rng_state
-from ..checkpoint.state import seed_everything
+from ..checkpoint import (CheckpointError, CheckpointManager, SignalFlag, params_sha256, rng_state,
+                          set_rng_state)
+from ..checkpoint.state import restore_extra, seed_everything
 from ..errors import InvalidArgumentError
 from ..runtime import default_comm
 from .messages import Reply
@@ -91,15 +92,7 @@ class PReduceCheckpoint:
             raise CheckpointError(f"{loaded['folder']}: the model loaded hashes to "
                                   f"{loaded_hash}, it was saved as {shared['params_sha256']}",
                                   rank=self.comm.rank, op="checkpoint load")
-        for name, value in shared["extra"].items():
-            target = self.extra.get(name)
-            if isinstance(target, list):
-                target[:] = value
-            elif isinstance(target, dict):
-                target.clear()
-                target.update(value)
-            else:
-                self.extra[name] = value
+        restore_extra(self.extra, shared["extra"])
         self.session_state = dict(shared["session"])
         self.stats = dict(shared["stats"])
         self.resumed_from = self.last_step = int(self.session_state["steps"])

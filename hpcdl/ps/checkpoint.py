@@ -32,15 +32,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
 import hpcdl
 
-from ..checkpoint import CheckpointManager, SignalFlag, rng_state, set_rng_state
-from ..checkpoint.state import seed_everything
+from ..checkpoint import rng_state
+from ..checkpoint.loop import CheckpointLoop
+from ..checkpoint.state import restore_extra, seed_everything
 from ..errors import InvalidArgumentError, MismatchError
 from ..runtime import default_comm
 from .protocol import PSError
@@ -48,29 +49,22 @@ from .protocol import PSError
 __all__ = ["PSCheckpoint", "rebuild_shard"]
 
 
-class PSCheckpoint:
+class PSCheckpoint(CheckpointLoop):
     """Checkpoints of a parameter-server job (see the module docstring)."""
 
     def __init__(self, directory: "str | Path | None", every: int, *, resume: bool = False,
                  keep: int = 2, seed: int = 0, signals: Iterable["str | int"] = ("USR1",),
                  comm: Any = None) -> None:
-        self.comm = default_comm(comm)
-        self.manager = (CheckpointManager(directory, keep=keep, comm=self.comm)
-                        if directory is not None else None)
-        self.every = int(every) if self.manager is not None else 0
-        self.seed = int(seed)
         # Servers catch the signal too: SIGUSR1's default action would kill them.
-        self.signal = SignalFlag(signals) if signals and self.manager is not None else None
-        self.step, self.epoch, self.position = 0, 1, 0
-        self.resumed_from: int | None = None
+        super().__init__(directory, every, comm=default_comm(comm), keep=keep, seed=seed,
+                         signals=signals)
         self.exact = False
         self.ps: Any = None
         # Collective, and before the parameter server starts: workers wait inside setup()
         # for the servers' first answer, which comes only after the shards are restored.
         self.loaded = self.manager.load() if resume and self.manager is not None else None
-        if resume and self.loaded is None and self.manager is not None and self.comm.rank == 0:
-            print(f"no checkpoint in {self.manager.directory}: starting from scratch",
-                  file=sys.stderr, flush=True)
+        if resume and self.loaded is None and self.manager is not None:
+            self._no_checkpoint()
 
     def _error(self, message: str, cls: type = InvalidArgumentError) -> Exception:
         return cls(message, rank=self.comm.rank, size=self.comm.size, op="ps.checkpoint")
@@ -92,8 +86,6 @@ class PSCheckpoint:
             raise self._error(f"the checkpoint needs the parameter server on the same "
                               f"{self.comm.size} ranks, with rank 0 a worker (servers: "
                               f"{list(roles.servers)} of {roles.size})")
-        self._carry_saved: dict[str, torch.Tensor] = {}
-        self._rng_pending: dict[str, Any] | None = None
         if self.loaded is None:
             return
         shared = self.loaded["shared"]
@@ -118,7 +110,7 @@ class PSCheckpoint:
             self._restore_server(layout, c["clock"])
         else:
             ps.clock = int(c["clock"])
-            _restore_extra(self.extra, shared["extra"])
+            restore_extra(self.extra, shared["extra"])
             if local is not None:
                 self._carry_saved = local["carry"]
                 self._rng_pending = local["rng"]   # set once the epoch's iterator exists
@@ -174,57 +166,28 @@ class PSCheckpoint:
         self.manager.save(step, None, local)
 
     # -- the workers' loop ------------------------------------------------------------
-    def epochs(self, first: int, stop: int) -> Iterator[int]:
-        """``range(first, stop)``, starting at the resumed epoch."""
-        for epoch in range(max(first, self.epoch), stop):
-            if epoch != self.epoch:
-                self.epoch, self.position = epoch, 0
-            yield epoch
+    def consumers(self) -> int:
+        """The workers take distinct samples; the servers take none."""
+        return self.ps.roles.group.size
 
-    def batches(self, loader: Any, carry: dict[str, torch.Tensor] | None = None) -> Iterator[Any]:
-        """The loader's batches from the saved position; each one is pushed by the loop
-        body, then this saves every ``every`` steps and at the step server 0 chose after
-        a signal (then closes the worker and exits with status 0)."""
-        carry = carry or {}
-        for name, t in carry.items():
-            if name in self._carry_saved:
-                t.copy_(self._carry_saved[name])
-        self._carry_saved = {}
-        workers = self.ps.roles.group.size
-        start = self.position
-        if self.sampler is not None:
-            self.sampler.set_start(start)
-        per_rank = len(self.sampler) if self.sampler is not None else None
-        batch = getattr(loader, "batch_size", None) or 1
-        iterator = iter(loader)
-        if self._rng_pending is not None:
-            set_rng_state(self._rng_pending)
-            self._rng_pending = None
-        done = 0
-        for item in iterator:
-            yield item
-            done += 1
-            self.step += 1
-            took = done * batch if per_rank is None else min(done * batch, per_rank)
-            self.position = start + took * workers
-            if self.signal is not None and self.signal.received is not None:
-                self.ps.signalled = True           # flag the next push to server 0
-            at, clock = self.ps.save_at, self.ps.clock
-            if at and clock > at:
-                raise PSError(f"missed the signalled checkpoint at clock {at} (now {clock})",
-                              rank=self.comm.rank, size=self.comm.size, op="ps.checkpoint")
-            stop = bool(at) and clock == at
-            if stop or (self.every and self.step % self.every == 0):
-                self.save(carry, stop)
-            if stop:
-                self.ps.close()
-                if self.comm.rank == 0:
-                    why = self.signal.name if self.signal and self.signal.name else \
-                        "a signal to another rank"
-                    print(f"checkpointed at step {self.step} (clock {clock}, chosen by server 0) "
-                          f"on {why}; exiting so the job can be requeued and resumed",
-                          file=sys.stderr, flush=True)
-                raise SystemExit(0)
+    def _after_step(self, carry: dict[str, torch.Tensor]) -> None:
+        """After each push: save every ``every`` steps, and at the step server 0 chose
+        after a signal (then close the worker and exit with status 0). A signalled worker
+        only flags its next push: the workers never wait on each other for it."""
+        if self.signal is not None and self.signal.received is not None:
+            self.ps.signalled = True           # flag the next push to server 0
+        at, clock = self.ps.save_at, self.ps.clock
+        if at and clock > at:
+            raise PSError(f"missed the signalled checkpoint at clock {at} (now {clock})",
+                          rank=self.comm.rank, size=self.comm.size, op="ps.checkpoint")
+        stop = bool(at) and clock == at
+        if stop or (self.every and self.step % self.every == 0):
+            self.save(carry, stop)
+        if stop:
+            self.ps.close()
+            why = self.signal.name if self.signal and self.signal.name else \
+                "a signal to another rank"
+            self._exit(f"at step {self.step} (clock {clock}, chosen by server 0) on {why}")
 
     def save(self, carry: dict[str, torch.Tensor] | None = None, stop: bool = False) -> Path:
         """Workers, all at the same step: quiesce the servers and write the checkpoint."""
@@ -247,13 +210,11 @@ class PSCheckpoint:
         return self.manager.save(self.step, shared, local)
 
     def summary(self) -> dict[str, Any]:
-        """What the main job adds to metrics.json."""
-        if self.manager is None:
-            return {"saves": 0}
-        return {"saves": self.manager.saves, "save_seconds": round(self.manager.save_seconds, 4),
-                "resumed_from_step": self.resumed_from, "every_steps": self.every,
-                "exact": self.exact if self.resumed_from is not None else None,
-                "directory": str(self.manager.directory)}
+        """What the main job adds to metrics.json (and whether the resume was exact)."""
+        out = super().summary()
+        if self.manager is not None:
+            out["exact"] = self.exact if self.resumed_from is not None else None
+        return out
 
 
 def rebuild_shard(plan: Any, index: int, saved: list[dict[str, Any]],
@@ -281,15 +242,3 @@ def rebuild_shard(plan: Any, index: int, saved: list[dict[str, Any]],
     out = {k: plan.pack(index, flat[k], np.empty(plan.shard_size(index), plan.dtype))
            for k in kinds}
     return out.pop("params"), out
-
-
-def _restore_extra(extra: dict[str, Any], saved: dict[str, Any]) -> None:
-    for name, value in saved.items():
-        target = extra.get(name)
-        if isinstance(target, list):
-            target[:] = value
-        elif isinstance(target, dict):
-            target.clear()
-            target.update(value)
-        else:
-            extra[name] = value
