@@ -4,57 +4,27 @@ resume at another rank count (4 -> 2, 2 -> 3) that trains on to the same accurac
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from train_jobs import kill_after_first_checkpoint, run_job, train_cmd
 
 EPOCHS = 2
 EVERY = 4            # optimizer steps between checkpoints (12-23 steps per epoch here)
 
 
 def _cmd(n: int, out: Path, *extra: str) -> list[str]:
-    hpcdl_cli = Path(sys.executable).parent / "hpcdl"
-    return [str(hpcdl_cli), "launch", "-n", str(n), "--", "python", "-m", "hpcdl.examples.train",
-            "--epochs", str(EPOCHS), "--threads", "1", "--out", str(out), *extra]
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for k in [k for k in env if k.startswith(("OMPI_", "PMIX_", "PRTE_"))]:
-        env.pop(k)  # a clean launch even when pytest itself runs under mpiexec
-    env.pop("HPCDL_TIMEOUT", None)
-    return env
+    return train_cmd(n, out, "--epochs", str(EPOCHS), *extra)
 
 
 def _run(n: int, out: Path, *extra: str) -> dict:
-    done = subprocess.run(_cmd(n, out, *extra), capture_output=True, text=True, timeout=900,
-                          env=_env())
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {**json.loads((out / "metrics.json").read_text()), "stderr": done.stderr}
+    return run_job(_cmd(n, out, *extra), out)
 
 
 def _run_and_kill(n: int, out: Path, ckdir: Path) -> None:
-    """Start the job, SIGKILL every process of it once the first checkpoint exists."""
-    proc = subprocess.Popen(_cmd(n, out, "--checkpoint-dir", str(ckdir), "--checkpoint-every",
-                                 str(EVERY)), env=_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while not (ckdir / "latest").exists():
-            assert proc.poll() is None, "the job ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)   # launcher and ranks alike, no goodbye
-        proc.wait(timeout=30)
-    assert not (out / "metrics.json").exists(), "killed too late: the run had finished"
+    kill_after_first_checkpoint(_cmd(n, out, "--checkpoint-dir", str(ckdir),
+                                     "--checkpoint-every", str(EVERY)), ckdir, out)
 
 
 @pytest.fixture(scope="module", params=[2, 4])

@@ -10,19 +10,14 @@ at the same layout (2 ranks S=2, 4 ranks S=2 x D=2), and at another layout.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from train_jobs import kill_after_first_checkpoint, run_job, train_cmd
 
 import hpcdl.pipeline as hp
 from hpcdl.checkpoint import params_sha256
@@ -154,25 +149,12 @@ EVERY = 4   # optimizer steps between checkpoints (11-22 steps per epoch here)
 
 
 def _cmd(n: int, stages: int, out: Path, *extra: str) -> list[str]:
-    hpcdl_cli = Path(sys.executable).parent / "hpcdl"
-    return [str(hpcdl_cli), "launch", "-n", str(n), "--", "python", "-m", "hpcdl.examples.train",
-            "--mode", "pipeline", "--stages", str(stages), "--epochs", str(EPOCHS),
-            "--threads", "1", "--out", str(out), *extra]
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for k in [k for k in env if k.startswith(("OMPI_", "PMIX_", "PRTE_"))]:
-        env.pop(k)  # a clean launch even when pytest itself runs under mpiexec
-    env.pop("HPCDL_TIMEOUT", None)
-    return env
+    return train_cmd(n, out, "--mode", "pipeline", "--stages", str(stages),
+                     "--epochs", str(EPOCHS), *extra)
 
 
 def _run(n: int, stages: int, out: Path, *extra: str) -> dict:
-    done = subprocess.run(_cmd(n, stages, out, *extra), capture_output=True, text=True,
-                          timeout=600, env=_env())
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {**json.loads((out / "metrics.json").read_text()), "stderr": done.stderr}
+    return run_job(_cmd(n, stages, out, *extra), out, timeout=600)
 
 
 @pytest.fixture(scope="module", params=[2, 4])
@@ -182,20 +164,8 @@ def killed(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(f"pipeline-resume{n}")
     reference_run = _run(n, 2, base / "reference")
     ckdir = base / "ck"
-    proc = subprocess.Popen(_cmd(n, 2, base / "killed", "--checkpoint-dir", str(ckdir),
-                                 "--checkpoint-every", str(EVERY)), env=_env(),
-                            start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while not (ckdir / "latest").exists():
-            assert proc.poll() is None, "the job ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)   # launcher and ranks alike, no goodbye
-        proc.wait(timeout=30)
-    assert not (base / "killed" / "metrics.json").exists(), "killed too late: the run finished"
+    kill_after_first_checkpoint(_cmd(n, 2, base / "killed", "--checkpoint-dir", str(ckdir),
+                                     "--checkpoint-every", str(EVERY)), ckdir, base / "killed")
     spare = base / "ck-spare"
     shutil.copytree(ckdir, spare)
     return n, reference_run, ckdir, spare

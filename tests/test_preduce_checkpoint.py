@@ -10,13 +10,11 @@ checkpoint, resumed at the same rank count and at another.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from train_jobs import clean_env, kill_after_first_checkpoint, run_job, train_cmd
 
 import hpcdl
 from hpcdl.checkpoint import params_sha256
@@ -179,25 +178,11 @@ LOADED = re.compile(r"resumed from \S+/step-(\d+) \(step \d+, params sha256 ([0-
 
 
 def _cmd(n: int, out: Path, *extra: str) -> list[str]:
-    hpcdl_cli = Path(sys.executable).parent / "hpcdl"
-    return [str(hpcdl_cli), "launch", "-n", str(n), "--", "python", "-m", "hpcdl.examples.train",
-            "--mode", "preduce", "--epochs", str(EPOCHS), "--threads", "1", "--out", str(out),
-            *extra]
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for k in [k for k in env if k.startswith(("OMPI_", "PMIX_", "PRTE_"))]:
-        env.pop(k)  # a clean launch even when pytest itself runs under mpiexec
-    env.pop("HPCDL_TIMEOUT", None)
-    return env
+    return train_cmd(n, out, "--mode", "preduce", "--epochs", str(EPOCHS), *extra)
 
 
 def _run(n: int, out: Path, *extra: str) -> dict:
-    done = subprocess.run(_cmd(n, out, *extra), capture_output=True, text=True, timeout=600,
-                          env=_env())
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {**json.loads((out / "metrics.json").read_text()), "stderr": done.stderr}
+    return run_job(_cmd(n, out, *extra), out, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -205,20 +190,8 @@ def killed(tmp_path_factory):
     """(the model hash each checkpoint recorded, by step; the checkpoints; a copy) at 2 ranks."""
     base = tmp_path_factory.mktemp("preduce-resume")
     ckdir = base / "ck"
-    proc = subprocess.Popen(_cmd(2, base / "killed", "--checkpoint-dir", str(ckdir),
-                                 "--checkpoint-every", "1"), env=_env(),
-                            start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while not (ckdir / "latest").exists():
-            assert proc.poll() is None, "the job ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.01)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)   # launcher and ranks alike, no goodbye
-        proc.wait(timeout=30)
-    assert not (base / "killed" / "metrics.json").exists(), "killed too late: the run finished"
+    kill_after_first_checkpoint(_cmd(2, base / "killed", "--checkpoint-dir", str(ckdir),
+                                     "--checkpoint-every", "1"), ckdir, base / "killed")
     # what each checkpoint recorded of the model it saved (read as the loader does)
     saved = {int(p.name[5:]): torch.load(p / "shared.pt", weights_only=True)["params_sha256"]
              for p in ckdir.glob("step-*")
@@ -266,7 +239,7 @@ def test_main_job_checkpoints_at_the_next_full_sync_on_sigusr1(tmp_path):
     cmd = _cmd(2, tmp_path / "out", "--checkpoint-dir", str(ckdir))
     cmd[cmd.index("--epochs") + 1] = "30"
     with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, env=_env(), start_new_session=True, stdout=err,
+        proc = subprocess.Popen(cmd, env=clean_env(), start_new_session=True, stdout=err,
                                 stderr=subprocess.STDOUT)   # the epoch lines are on stdout
         try:
             deadline = time.monotonic() + 300

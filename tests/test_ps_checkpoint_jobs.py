@@ -10,41 +10,27 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from train_jobs import clean_env, run_job, train_cmd
 
 EPOCHS = 2
 EVERY = 4            # pushes between checkpoints (23 per epoch here at 2 workers)
 
 
 def _cmd(n: int, out: Path, mode: str, *extra: str) -> list[str]:
-    hpcdl_cli = Path(sys.executable).parent / "hpcdl"
-    return [str(hpcdl_cli), "launch", "-n", str(n), "--", "python", "-m", "hpcdl.examples.train",
-            "--mode", mode, "--epochs", str(EPOCHS), "--threads", "1", "--ps-timeout", "60",
-            "--out", str(out), *extra]
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for k in [k for k in env if k.startswith(("OMPI_", "PMIX_", "PRTE_"))]:
-        env.pop(k)  # a clean launch even when pytest itself runs under mpiexec
-    env.pop("HPCDL_TIMEOUT", None)
-    return env
+    return train_cmd(n, out, "--mode", mode, "--epochs", str(EPOCHS), "--ps-timeout", "60",
+                     *extra)
 
 
 def _run(n: int, out: Path, mode: str, *extra: str) -> dict:
-    done = subprocess.run(_cmd(n, out, mode, *extra), capture_output=True, text=True,
-                          timeout=600, env=_env())
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {**json.loads((out / "metrics.json").read_text()), "stderr": done.stderr}
+    return run_job(_cmd(n, out, mode, *extra), out, timeout=600)
 
 
 def _start(n: int, out: Path, mode: str, ckdir: Path) -> subprocess.Popen:
@@ -52,7 +38,7 @@ def _start(n: int, out: Path, mode: str, ckdir: Path) -> subprocess.Popen:
     SIGUSR1 handler and training is under way); its stderr goes to ``out.log``."""
     log = open(out.with_suffix(".log"), "w")   # a file: a full pipe would stall the job
     proc = subprocess.Popen(_cmd(n, out, mode, "--checkpoint-dir", str(ckdir),
-                                 "--checkpoint-every", str(EVERY)), env=_env(),
+                                 "--checkpoint-every", str(EVERY)), env=clean_env(),
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)
     log.close()
     deadline = time.monotonic() + 300

@@ -24,7 +24,7 @@ from .agree import agree, describe, wire_dtype
 from .compression import Compression
 from .handles import register, synchronize
 from .process_sets import ProcessSet, resolve
-from .reduce import Average, Sum, _start, handle_op, scale_
+from .reduce import Average, Sum, _start, handle_op
 
 __all__ = ["allgather", "allgather_async", "broadcast", "broadcast_", "broadcast_async",
            "broadcast_async_", "alltoall", "alltoall_async", "reducescatter",
