@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import hpcdl
 from hpcdl.checkpoint import TrainingCheckpoint, params_sha256
 
 __all__ = ["add_arguments", "make", "fields"]
@@ -29,14 +28,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue from the newest good checkpoint in --checkpoint-dir")
 
 
-def make(args: argparse.Namespace, ctx: hpcdl.Context, **parts: Any) -> TrainingCheckpoint:
-    """A :class:`TrainingCheckpoint` for the loop (a pass-through without --checkpoint-dir)."""
+def make(args: argparse.Namespace, cls: Any = TrainingCheckpoint, **kwargs: Any) -> Any:
+    """``cls(dir, every, resume=, keep=, seed=, **kwargs)`` from the flags, after refusing
+    bad ones: TrainingCheckpoint by default, or a mode's own (PSCheckpoint,
+    PReduceCheckpoint, PipelineCheckpoint); a pass-through without --checkpoint-dir."""
     if args.resume and not args.checkpoint_dir:
         raise SystemExit("--resume needs --checkpoint-dir")
     if args.checkpoint_every < 0:
         raise SystemExit(f"--checkpoint-every {args.checkpoint_every}: use N >= 0")
-    return TrainingCheckpoint(args.checkpoint_dir, args.checkpoint_every, resume=args.resume,
-                              keep=args.checkpoint_keep, seed=args.seed, comm=ctx.comm, **parts)
+    return cls(args.checkpoint_dir, args.checkpoint_every, resume=args.resume,
+               keep=args.checkpoint_keep, seed=args.seed, **kwargs)
 
 
 def fields(ck: TrainingCheckpoint, model: Any) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
 
     bar = Progress(args.epochs * len(loader), ctx.rank == 0, f"{ctx.size} rank(s)")
     history: list[dict[str, float]] = []
-    ck = checkpointing.make(args, ctx, model=model, optimizer=opt, sampler=sampler,
+    ck = checkpointing.make(args, comm=ctx.comm, model=model, optimizer=opt, sampler=sampler,
                             scaler=scaler, compression=opt.compression,
                             extra={"history": history})
     bar.update(ck.step)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ import hpcdl
 import hpcdl.pipeline as hp
 from hpcdl.torch import DistributedSampler
 
+from .. import checkpointing
 from ..common import Data, Progress, RunResult, epoch_row
 
 __all__ = ["CHECKPOINTS", "add_arguments", "run", "digits_layers"]
@@ -84,8 +85,8 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
     bar = Progress(args.epochs * len(loader), ctx.rank == 0,
                    f"{grid.stages} stages x {grid.replicas} replicas")
     history: list[dict[str, float]] = []
-    ck = make_checkpoint(args, grid, model=named, optimizer=adam, sampler=sampler,
-                         extra={"history": history})
+    ck = checkpointing.make(args, hp.PipelineCheckpoint, grid=grid, model=named,
+                            optimizer=adam, sampler=sampler, extra={"history": history})
     bar.update(ck.step)
     for epoch in ck.epochs(1, args.epochs + 1):
         sampler.set_epoch(epoch)
@@ -117,18 +118,6 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
                                "stage_parameters": [int(v) for v in params]},
                      fields={"params_sha256": hp.pipeline_sha256(named, grid),
                              "checkpoint": ck.summary()})
-
-
-def make_checkpoint(args: argparse.Namespace, grid: hp.Grid, **parts: Any
-                    ) -> hp.PipelineCheckpoint:
-    """The pipeline counterpart of checkpointing.make (same flags, same refusals)."""
-    if args.resume and not args.checkpoint_dir:
-        raise SystemExit("--resume needs --checkpoint-dir")
-    if args.checkpoint_every < 0:
-        raise SystemExit(f"--checkpoint-every {args.checkpoint_every}: use N >= 0")
-    return hp.PipelineCheckpoint(args.checkpoint_dir, args.checkpoint_every, grid=grid,
-                                 resume=args.resume, keep=args.checkpoint_keep, seed=args.seed,
-                                 **parts)
 
 
 def evaluate(pipe: hp.Pipeline, grid: hp.Grid, data: Data) -> float:

@@ -28,6 +28,7 @@ import hpcdl.torch as hdt
 from hpcdl.checkpoint import params_sha256
 from hpcdl.preduce.checkpoint import PReduceCheckpoint
 
+from .. import checkpointing
 from ..common import Data, Progress, RunResult, SmallCNN, epoch_row, evaluate
 
 __all__ = ["CHECKPOINTS", "add_arguments", "run", "batches", "Shard"]
@@ -86,8 +87,8 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
     steps_per_epoch = math.ceil(len(data.y_train) / args.batch_size)
     shard = Shard(data, args.batch_size, args.seed)
     history: list[dict[str, float]] = []
-    ck = make_checkpoint(args, ctx, model=model, optimizer=opt, stream=shard,
-                         extra={"history": history})
+    ck = checkpointing.make(args, PReduceCheckpoint, comm=ctx.comm, model=model,
+                            optimizer=opt, stream=shard, extra={"history": history})
     session = hpcdl.PReduce(args.group_size, total_steps=args.epochs * steps_per_epoch,
                             sync_every=steps_per_epoch, max_groups=args.max_groups or None,
                             state=ck.session_state)
@@ -135,14 +136,3 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
                      settings={"group_size": args.group_size, "max_groups": session.max_groups},
                      fields={"preduce": stats, "params_sha256": params_sha256(model),
                              "checkpoint": ck.summary()})
-
-
-def make_checkpoint(args: argparse.Namespace, ctx: hpcdl.Context, **parts: Any
-                    ) -> PReduceCheckpoint:
-    """The P-Reduce counterpart of checkpointing.make (same flags, same refusals)."""
-    if args.resume and not args.checkpoint_dir:
-        raise SystemExit("--resume needs --checkpoint-dir")
-    if args.checkpoint_every < 0:
-        raise SystemExit(f"--checkpoint-every {args.checkpoint_every}: use N >= 0")
-    return PReduceCheckpoint(args.checkpoint_dir, args.checkpoint_every, resume=args.resume,
-                             keep=args.checkpoint_keep, seed=args.seed, comm=ctx.comm, **parts)

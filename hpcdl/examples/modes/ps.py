@@ -24,6 +24,7 @@ import hpcdl.torch as hdt
 from hpcdl.checkpoint import params_sha256
 from hpcdl.ps.checkpoint import PSCheckpoint
 
+from .. import checkpointing
 from ..common import Data, Progress, RunResult, SmallCNN, epoch_row, evaluate
 
 __all__ = ["CHECKPOINTS", "add_arguments", "run", "PS_MODES"]
@@ -49,13 +50,8 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
     if ctx.size < 2:
         raise SystemExit(f"--mode {args.mode} needs at least 2 ranks (servers + workers); "
                          "launch with hpcdl launch -n 2 or more")
-    if args.resume and not args.checkpoint_dir:
-        raise SystemExit("--resume needs --checkpoint-dir")
-    if args.checkpoint_every < 0:
-        raise SystemExit(f"--checkpoint-every {args.checkpoint_every}: use N >= 0")
     # Before the parameter server starts: its first answer already holds restored shards.
-    ck = PSCheckpoint(args.checkpoint_dir, args.checkpoint_every, resume=args.resume,
-                      keep=args.checkpoint_keep, seed=args.seed, comm=ctx.comm)
+    ck = checkpointing.make(args, PSCheckpoint, comm=ctx.comm)
     model = SmallCNN().to(device)
     ps = hdt.ParameterServer(model, torch.optim.Adam(model.parameters(), lr=args.lr),
                              mode=mode, staleness=args.staleness if mode == "ssp" else 0,
