@@ -93,11 +93,26 @@ class Worker:
         return out
 
     # -- the exchange ---------------------------------------------------------------
-    def _exchange(self, kind: int, grads: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    def _check_open(self, op: str) -> None:
+        """Refuse a closed worker; raise what a server reported, if anything."""
         if self.closed:
             raise P.PSError("this worker is closed", rank=self.rank, size=self.roles.size,
-                            op="ps.push_pull")
+                            op=op)
         self._check_error()
+
+    def _wait_all(self, reqs: list) -> bool:
+        """Wait for every request in ``reqs`` (False: ``timeout`` ran out), watching for
+        a server's error report; on one, cancel them before raising it."""
+        try:
+            return P.poll(lambda: MPI.Request.Testall(reqs), self.timeout, self._check_error)
+        except P.PSError:
+            for r in reqs:
+                if r != MPI.REQUEST_NULL:
+                    r.Cancel()
+            raise
+
+    def _exchange(self, kind: int, grads: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        self._check_open("ps.push_pull")
         reqs, keep = [], []
         for i, server in enumerate(self.roles.servers):
             reqs.append(self.comm.Irecv([self._hdrs[i], MPI.INT64_T], server, P.TAG_REPLY))
@@ -122,13 +137,7 @@ class Worker:
                 keep.append(payload)
                 reqs.append(self.comm.Isend([payload.view(np.uint8), MPI.BYTE], server,
                                             P.TAG_PUSH_DATA))
-        try:
-            ok = P.poll(lambda: MPI.Request.Testall(reqs), self.timeout, self._check_error)
-        except P.PSError:
-            for r in reqs:
-                if r != MPI.REQUEST_NULL:
-                    r.Cancel()
-            raise
+        ok = self._wait_all(reqs)
         if not ok:
             late = [s for i, s in enumerate(self.roles.servers) if not reqs[2 * i + 1].Test()]
             raise P.PSTimeoutError(f"no answer from server ranks {late} within {self.timeout} s",
@@ -158,23 +167,14 @@ class Worker:
         """Ask every server to quiesce for checkpoint ``step`` and wait until each says it
         is saving (then write this worker's part with the same collective save). Call it
         on every worker at the same step, after the last push_pull before it."""
-        if self.closed:
-            raise P.PSError("this worker is closed", rank=self.rank, size=self.roles.size,
-                            op="ps.checkpoint")
-        self._check_error()
+        self._check_open("ps.checkpoint")
         hdrs = [np.empty(P.HEADER_LEN, np.int64) for _ in self.roles.servers]
         reqs = [self.comm.Irecv([h, MPI.INT64_T], s, P.TAG_SAVED)
                 for h, s in zip(hdrs, self.roles.servers)]
         for s in self.roles.servers:
             self.comm.Send([P.header(P.SAVE, self.clock, step, 0, self.rank, int(stop)),
                             MPI.INT64_T], s, P.TAG_REQUEST)
-        try:
-            ok = P.poll(lambda: MPI.Request.Testall(reqs), self.timeout, self._check_error)
-        except P.PSError:
-            for r in reqs:
-                if r != MPI.REQUEST_NULL:
-                    r.Cancel()
-            raise
+        ok = self._wait_all(reqs)
         if not ok:
             late = [s for s, r in zip(self.roles.servers, reqs) if not r.Test()]
             raise P.PSTimeoutError(f"server ranks {late} did not start checkpoint {step} within "
