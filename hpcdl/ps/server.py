@@ -25,6 +25,7 @@ Checkpoints: SAVE requests and the signalled flag are handled by :class:`Quiesce
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -36,6 +37,17 @@ from .roles import Roles
 from .sharding import ShardPlan
 
 __all__ = ["Server"]
+
+
+@dataclass
+class _Clock:
+    """The pushes of one clock (sync/ssp): summed in worker order, whatever order they
+    arrive in, so the float sum (hence the run) does not depend on arrival order."""
+
+    total: np.ndarray | None = None   # the sum of the pushes added so far
+    pushes: int = 0                   # pushes received (added or held)
+    next: int = 0                     # index (in roles.workers) of the next push to add
+    held: dict[int, np.ndarray] = field(default_factory=dict)  # arrived ahead of their turn
 
 
 class Server(Quiesce):
@@ -76,7 +88,7 @@ class Server(Quiesce):
         self.completed = {w: clock for w in workers}
         self.done = {w: False for w in workers}
         self.waiting: dict[int, int] = {}
-        self.acc: dict[int, list] = {}
+        self.acc: dict[int, _Clock] = {}
         self.applied = clock
         self.save_at = 0                 # the step all workers checkpoint at (0: none)
         self.save_requests: dict[int, tuple[int, int, int]] = {}
@@ -119,33 +131,31 @@ class Server(Quiesce):
         return sum(1 for w in self.roles.workers
                    if not self.done[w] or self.completed[w] > clock)
 
-    def _sum_in_order(self, clock: int, slot: list) -> None:
-        """Add the held pushes of ``clock`` in worker order, as far as they have come.
-        ``slot`` = [sum, pushes, next worker index, {index: held gradient}]. A fixed order
-        makes the float sum (hence the run) independent of which push arrives first."""
+    def _sum_in_order(self, clock: int, slot: _Clock) -> None:
+        """Add the held pushes of ``clock`` in worker order, as far as they have come."""
         workers = self.roles.workers
-        while slot[2] < len(workers):
-            grad = slot[3].pop(slot[2], None)
+        while slot.next < len(workers):
+            grad = slot.held.pop(slot.next, None)
             if grad is None:
-                w = workers[slot[2]]
+                w = workers[slot.next]
                 if not (self.done[w] and self.completed[w] <= clock):
                     return                     # still to come
-            elif slot[0] is None:
-                slot[0] = grad
+            elif slot.total is None:
+                slot.total = grad
             else:
-                slot[0] += grad
-            slot[2] += 1
+                slot.total += grad
+            slot.next += 1
 
     def _advance(self) -> None:
         """Apply every fully pushed clock in order, then release the workers it unblocks."""
         while self.applied in self.acc:
             slot = self.acc[self.applied]
             self._sum_in_order(self.applied, slot)
-            if slot[1] < self._required(self.applied):
+            if slot.pushes < self._required(self.applied):
                 break
             del self.acc[self.applied]
-            total = slot[0]
-            total /= slot[1]
+            total = slot.total
+            total /= slot.pushes
             self._apply(total)
             self.applied += 1
         for w, k in list(self.waiting.items()):
@@ -171,9 +181,9 @@ class Server(Quiesce):
             self.stats["max_clock_gap"] = max(self.stats["max_clock_gap"], gap)
             self._reply(w, P.PUSH, gap)
             return
-        slot = self.acc.setdefault(clock, [None, 0, 0, {}])
-        slot[1] += 1
-        slot[3][self.roles.workers.index(w)] = grad
+        slot = self.acc.setdefault(clock, _Clock())
+        slot.pushes += 1
+        slot.held[self.roles.workers.index(w)] = grad
         self._sum_in_order(clock, slot)
         self.waiting[w] = clock + 1
         self._advance()
