@@ -189,7 +189,8 @@ def stage_bounds(builders: Sequence[Callable[[], nn.Module]], stages: int,
                                    "balance='params' or explicit split points (measured "
                                    "once with time_costs)", op="pipeline.build_stage")
     if balance == "params":
-        with torch.device("meta"):
-            shapes = [b() for b in builders]
-        return partition(parameter_costs(shapes), stages, has_parameters(shapes))
-    return split_bounds([nn.Identity()] * len(builders), stages, balance)
+        with torch.device("meta"):  # shapes only: no rank materialises another's weights
+            layers = [b() for b in builders]
+    else:                           # explicit split points: only the layer count matters
+        layers = [nn.Identity()] * len(builders)
+    return split_bounds(layers, stages, balance)
