@@ -265,3 +265,38 @@ def test_dcp_metadata_reader_refuses_code():
 
     with pytest.raises(pickle.UnpicklingError, match="refused"):
         _SafeUnpickler(io.BytesIO(pickle.dumps({"x": Boom()}))).load()
+
+
+def _drivers(ctx: hpcdl.Context, every: int) -> dict:
+    """Every checkpoint driver, built without a folder, as a function (so building it can
+    raise inside pytest.raises)."""
+    from hpcdl.pipeline import Grid, PipelineCheckpoint
+    from hpcdl.preduce.checkpoint import PReduceCheckpoint
+    from hpcdl.ps.checkpoint import PSCheckpoint
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    return {
+        "training": lambda: TrainingCheckpoint(None, every, model=model, optimizer=opt,
+                                               comm=ctx.comm),
+        "pipeline": lambda: PipelineCheckpoint(None, every, grid=Grid(stages=1), model=model,
+                                               optimizer=opt),
+        "preduce": lambda: PReduceCheckpoint(None, every, model=model, optimizer=opt,
+                                             comm=ctx.comm),
+        "ps": lambda: PSCheckpoint(None, every, comm=ctx.comm)}
+
+
+@pytest.mark.parametrize("kind", ["training", "pipeline", "preduce", "ps"])
+def test_every_driver_refuses_a_negative_interval_and_a_save_without_a_folder(ctx, kind):
+    """The checks every driver shares (hpcdl/checkpoint/loop.py's CheckpointBase): the
+    error names the rank, the operation and the cause."""
+    with pytest.raises(hpcdl.InvalidArgumentError,
+                       match=rf"rank {ctx.rank}\b.*checkpoint: every=-1: use N >= 0 steps"):
+        _drivers(ctx, -1)[kind]()
+    ck = _drivers(ctx, 0)[kind]()
+    assert ck.manager is None and ck.every == 0 and ck.summary() == {"saves": 0}
+    args = (None, None) if kind == "preduce" else ()   # P-Reduce saves at a full sync
+    with pytest.raises(hpcdl.InvalidArgumentError,
+                       match=rf"rank {ctx.rank}/{ctx.size}\] checkpoint save: no checkpoint "
+                             r"directory was given \(directory=None\)"):
+        ck.save(*args)

@@ -1,6 +1,9 @@
 """What every checkpointed training loop shares: the manager, the signal, the counters,
 the resumed epoch, and the batches from the saved global sample position.
 
+:class:`CheckpointBase` is the part every checkpoint driver has (P-Reduce's too, which
+saves at full syncs and has no batches of its own).
+
 :class:`~hpcdl.checkpoint.TrainingCheckpoint` (data parallel), the pipeline's and the
 parameter server's checkpoints subclass :class:`CheckpointLoop`; each says how many
 ranks take distinct data (:meth:`CheckpointLoop.consumers`), what a save writes
@@ -21,11 +24,12 @@ from .manager import CheckpointManager
 from .signals import SignalFlag
 from .state import set_rng_state
 
-__all__ = ["CheckpointLoop"]
+__all__ = ["CheckpointBase", "CheckpointLoop"]
 
 
-class CheckpointLoop(ABC):
-    """The loop side of a checkpoint: ``epochs`` and ``batches`` (see TrainingCheckpoint)."""
+class CheckpointBase:
+    """What every checkpoint driver holds: the manager (None without a folder), the
+    save interval, the signal to checkpoint on, and the counts the main job reports."""
 
     def __init__(self, directory: "str | Path | None", every: int, *, comm: Any, keep: int = 2,
                  seed: int = 0, signals: Iterable["str | int"] = ("USR1",)) -> None:
@@ -38,31 +42,15 @@ class CheckpointLoop(ABC):
                         if directory is not None else None)
         self.every = int(every) if self.manager is not None else 0
         self.seed = int(seed)
-        self.sampler: Any = None  # set by the subclass: the loop's DistributedSampler
         self.signal = SignalFlag(signals) if signals and self.manager is not None else None
-        self.step = 0            # optimizer steps done, over the whole run
-        self.epoch = 1           # the epoch in progress
-        self.position = 0        # global samples of this epoch consumed
         self.resumed_from: int | None = None
-        self._carry_saved: dict[str, torch.Tensor] = {}
-        self._rng_pending: dict[str, Any] | None = None
 
-    # -- what subclasses define --------------------------------------------------------
-    @abstractmethod
-    def save(self, carry: dict[str, torch.Tensor] | None = None) -> Path:
-        """Collective: checkpoint now, between two steps."""
-
-    def consumers(self) -> int:
-        """How many ranks take distinct samples (the sampler's replicas)."""
-        return self.comm.size
-
-    def _after_step(self, carry: dict[str, torch.Tensor]) -> None:
-        """Save every ``every`` steps; on a signal every rank agreed on, save and exit 0."""
-        if self.every and self.step % self.every == 0:
-            self.save(carry)
-        if self.signal is not None and self.signal.agreed(self.comm):
-            self.save(carry)
-            self._exit(f"at step {self.step} on {self.signal.name}")
+    def _check_saving(self) -> None:
+        """Refuse a save without a checkpoint folder (``save()`` called by hand)."""
+        if self.manager is None:
+            raise InvalidArgumentError("no checkpoint directory was given (directory=None)",
+                                       rank=self.comm.rank, size=self.comm.size,
+                                       op="checkpoint save")
 
     def _exit(self, when: str) -> None:
         if self.comm.rank == 0:
@@ -82,6 +70,37 @@ class CheckpointLoop(ABC):
         return {"saves": self.manager.saves, "save_seconds": round(self.manager.save_seconds, 4),
                 "resumed_from_step": self.resumed_from, "every_steps": self.every,
                 "directory": str(self.manager.directory)}
+
+
+class CheckpointLoop(CheckpointBase, ABC):
+    """The loop side of a checkpoint: ``epochs`` and ``batches`` (see TrainingCheckpoint)."""
+
+    def __init__(self, directory: "str | Path | None", every: int, *, comm: Any, keep: int = 2,
+                 seed: int = 0, signals: Iterable["str | int"] = ("USR1",)) -> None:
+        super().__init__(directory, every, comm=comm, keep=keep, seed=seed, signals=signals)
+        self.sampler: Any = None  # set by the subclass: the loop's DistributedSampler
+        self.step = 0            # optimizer steps done, over the whole run
+        self.epoch = 1           # the epoch in progress
+        self.position = 0        # global samples of this epoch consumed
+        self._carry_saved: dict[str, torch.Tensor] = {}
+        self._rng_pending: dict[str, Any] | None = None
+
+    # -- what subclasses define --------------------------------------------------------
+    @abstractmethod
+    def save(self, carry: dict[str, torch.Tensor] | None = None) -> Path:
+        """Collective: checkpoint now, between two steps."""
+
+    def consumers(self) -> int:
+        """How many ranks take distinct samples (the sampler's replicas)."""
+        return self.comm.size
+
+    def _after_step(self, carry: dict[str, torch.Tensor]) -> None:
+        """Save every ``every`` steps; on a signal every rank agreed on, save and exit 0."""
+        if self.every and self.step % self.every == 0:
+            self.save(carry)
+        if self.signal is not None and self.signal.agreed(self.comm):
+            self.save(carry)
+            self._exit(f"at step {self.step} on {self.signal.name}")
 
     # -- the loop ----------------------------------------------------------------------
     def epochs(self, first: int, stop: int) -> Iterator[int]:

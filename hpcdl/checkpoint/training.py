@@ -29,7 +29,6 @@ import torch
 
 import hpcdl
 
-from ..errors import InvalidArgumentError
 from ..runtime import default_comm
 from .loop import CheckpointLoop
 from .state import component_state, load_component_state, restore_extra, rng_state, \
@@ -91,9 +90,7 @@ class TrainingCheckpoint(CheckpointLoop):
     # -- saving ------------------------------------------------------------------------
     def save(self, carry: dict[str, torch.Tensor] | None = None) -> Path:
         """Collective: checkpoint now (called by :meth:`batches`; callable by hand)."""
-        if self.manager is None:
-            raise InvalidArgumentError("no checkpoint directory was given", rank=self.comm.rank,
-                                       op="checkpoint save")
+        self._check_saving()
         shared = None
         if self.comm.rank == 0:
             shared = {"parts": {n: component_state(o) for n, o in self.parts.items()},

@@ -157,9 +157,7 @@ class PipelineCheckpoint(CheckpointLoop):
     # -- saving ------------------------------------------------------------------------
     def save(self, carry: dict[str, torch.Tensor] | None = None) -> Path:
         """Collective over every rank: checkpoint now (between two steps)."""
-        if self.manager is None:
-            raise InvalidArgumentError("no checkpoint directory was given", rank=self.comm.rank,
-                                       op="checkpoint save")
+        self._check_saving()
         sharded, values = self._sharded()
         everyone = self.comm.allgather_object(values)   # hyperparameters of every stage
         mine = {n: t.detach().cpu().clone() for n, t in (carry or {}).items()}

@@ -41,8 +41,8 @@ from typing import Any, Iterable
 
 import torch
 
-from ..checkpoint import (CheckpointError, CheckpointManager, SignalFlag, params_sha256, rng_state,
-                          set_rng_state)
+from ..checkpoint import CheckpointError, params_sha256, rng_state, set_rng_state
+from ..checkpoint.loop import CheckpointBase
 from ..checkpoint.state import restore_extra, seed_everything
 from ..errors import InvalidArgumentError
 from ..runtime import default_comm
@@ -51,27 +51,19 @@ from .messages import Reply
 __all__ = ["PReduceCheckpoint"]
 
 
-class PReduceCheckpoint:
+class PReduceCheckpoint(CheckpointBase):
     """Saves a P-Reduce training run at its full syncs and resumes it (module docstring)."""
 
     def __init__(self, directory: "str | Path | None", every: int, *, model: torch.nn.Module,
                  optimizer: Any, stream: Any = None, extra: dict[str, Any] | None = None,
                  resume: bool = False, keep: int = 2, seed: int = 0,
                  signals: Iterable["str | int"] = ("USR1",), comm: Any = None) -> None:
-        self.comm = default_comm(comm)
-        if int(every) < 0:
-            raise InvalidArgumentError(f"every={every}: use N >= 0 steps (0: only when "
-                                       "signalled)", rank=self.comm.rank, op="checkpoint")
-        self.manager = (CheckpointManager(directory, keep=keep, comm=self.comm)
-                        if directory is not None else None)
-        self.every = int(every) if self.manager is not None else 0
+        super().__init__(directory, every, comm=default_comm(comm), keep=keep, seed=seed,
+                         signals=signals)
         self.model, self.optimizer, self.stream = model, optimizer, stream
         self.extra = extra if extra is not None else {}
-        self.seed = int(seed)
-        self.signal = SignalFlag(signals) if signals and self.manager is not None else None
         self.session_state: dict[str, Any] | None = None   # for PReduce(state=)
         self.stats: dict[str, int] = {}    # counts the saved run had (groups, forced syncs)
-        self.resumed_from: int | None = None
         self.last_step = 0
         if resume and self.manager is not None:
             self._resume()
@@ -80,9 +72,7 @@ class PReduceCheckpoint:
     def _resume(self) -> None:
         loaded = self.manager.load()
         if loaded is None:
-            if self.comm.rank == 0:
-                print(f"no checkpoint in {self.manager.directory}: starting from scratch",
-                      file=sys.stderr, flush=True)
+            self._no_checkpoint()
             return
         shared = loaded["shared"]
         self.model.load_state_dict(shared["model"])
@@ -129,18 +119,13 @@ class PReduceCheckpoint:
         if self.signal is not None and self.signal.agreed(self.comm):
             if not saved:
                 self.save(session, reply)
-            if self.comm.rank == 0:
-                print(f"checkpointed at step {reply.step} on {self.signal.name}; exiting so "
-                      "the job can be requeued and resumed", file=sys.stderr, flush=True)
-            raise SystemExit(0)
+            self._exit(f"at step {reply.step} on {self.signal.name}")
         return saved
 
     def save(self, session: Any, reply: Reply) -> Path:
         """Collective: checkpoint now. Only right after a full sync's reply (kind
         ``sync``), where every rank holds the same model and the controller stands still."""
-        if self.manager is None:
-            raise InvalidArgumentError("no checkpoint directory was given", rank=self.comm.rank,
-                                       op="checkpoint save")
+        self._check_saving()
         if reply.kind != "sync":
             raise InvalidArgumentError(f"a P-Reduce checkpoint is taken at a full sync, not "
                                        f"after a {reply.kind!r} reply", rank=self.comm.rank,
@@ -178,9 +163,8 @@ class PReduceCheckpoint:
                 + sum(r.reason == "connect" for r in log)}
 
     def summary(self) -> dict[str, Any]:
-        """What the main job adds to metrics.json."""
-        if self.manager is None:
-            return {"saves": 0}
-        return {"saves": self.manager.saves, "save_seconds": round(self.manager.save_seconds, 4),
-                "resumed_from_step": self.resumed_from, "every_steps": self.every,
-                "at": "full syncs", "directory": str(self.manager.directory)}
+        """What the main job adds to metrics.json (checkpoints are taken at full syncs)."""
+        out = super().summary()
+        if self.manager is not None:
+            out["at"] = "full syncs"
+        return out

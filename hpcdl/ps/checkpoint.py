@@ -191,8 +191,7 @@ class PSCheckpoint(CheckpointLoop):
 
     def save(self, carry: dict[str, torch.Tensor] | None = None, stop: bool = False) -> Path:
         """Workers, all at the same step: quiesce the servers and write the checkpoint."""
-        if self.manager is None:
-            raise self._error("no checkpoint directory was given")
+        self._check_saving()
         mine = {n: t.detach().cpu().clone() for n, t in (carry or {}).items()}
         summed = {n: hpcdl.allreduce(t.clone(), op="sum", comm=self.ps.roles.group)
                   for n, t in mine.items()}
