@@ -78,6 +78,8 @@ def test_every_stage_gets_a_layer_with_parameters_when_it_can():
     parts = hp.split_sequential(layers, LAYERS // 2 + 1)
     assert sum(1 for p in parts if not list(p.parameters())) == 1
     assert hp.partition([1, 1, 1, 1], 2, anchors=[True, True, False, False]) == [0, 1, 4]
+    with pytest.raises(InvalidArgumentError, match=r"pipeline.partition: 3 anchors for 4 layers"):
+        hp.partition([1, 1, 1, 1], 2, anchors=[True, True, False])
     with pytest.raises(InvalidArgumentError, match="anchors"):
         hp.partition([1, 1], 2, anchors=[True])
 

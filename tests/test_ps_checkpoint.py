@@ -191,6 +191,35 @@ def test_a_server_that_cannot_save_ends_the_job_naming_it(ctx, fault, tmp_path, 
             ck.save()
 
 
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("written", ["by another mode", "for another model"])
+def test_resume_refuses_a_checkpoint_of_another_job(ctx, written, tmp_path):
+    """A server restores its shard before it serves, so it is the one to refuse: it names
+    itself and the cause; the workers, waiting for its first answer, time out."""
+    from hpcdl.checkpoint import CheckpointManager
+    from hpcdl.errors import MismatchError
+
+    path = ctx.comm.bcast_object(str(tmp_path / "d"), root=0)
+    if written == "by another mode":   # a data-parallel checkpoint's layout
+        CheckpointManager(path, comm=ctx.comm).save(
+            1, {"counters": {"step": 1, "epoch": 1, "position": 0}} if ctx.rank == 0 else None,
+            {"rng": None})
+        cls, want = InvalidArgumentError, "is not a parameter-server checkpoint"
+    else:
+        _job(ctx, path, servers=1, mode="sync", resume=False)
+        cls, want = MismatchError, "holds another model"
+    ck = PSCheckpoint(path, 0, resume=True, comm=ctx.comm, signals=())
+    other = {**W0, "b": np.zeros(4, np.float32)} if written == "for another model" else W0
+    server = ctx.size - 1                  # the last rank serves
+    if ctx.rank == server:
+        p = ps.setup(other, optimizer=ps.Adam(lr=0.05), num_servers=1, timeout=3)
+        with pytest.raises(cls, match=rf"rank {ctx.rank}/{ctx.size}\] ps.checkpoint: .*{want}"):
+            ck.attach(p)
+    else:
+        with pytest.raises(ps.PSTimeoutError, match=rf"no answer from server ranks \[{server}\]"):
+            ps.setup(other, optimizer=ps.Adam(lr=0.05), num_servers=1, timeout=3)
+
+
 @pytest.mark.mpi(min_size=4)
 def test_sync_sums_each_clock_in_worker_order_whatever_arrives_first(ctx):
     """What makes an exact resume possible with 3+ workers: float sums depend on their
