@@ -43,7 +43,7 @@ bench: setup
 # exit; prints SKIP (exit 0) without root/apt-get. The venv's python runs every job.
 slurm-test: setup
 	timeout 1500 jobs/local-slurm/cluster.sh --nodes 2 -- \
-	  $(PY) -m pytest -q -p no:cacheprovider --color=no -rs tests/slurm
+	  $(PY) -m pytest -q -p no:cacheprovider --color=no -rfEs tests/slurm
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

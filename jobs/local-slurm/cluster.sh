@@ -77,16 +77,31 @@ cleanup() {
     for pid in "${PIDS[@]}" "${strays[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     if (( rc != 0 )) || [[ ${HPCDL_SLURM_KEEP:-0} == 1 ]]; then
-        for f in "$T"/*.log "$T"/*.out; do [[ -s $f ]] && { echo "--- tail $f"; tail -n 15 "$f"; }; done >&2
+        # The requeue test makes slurmstepd log "error: *** JOB n ... CANCELLED ... DUE TO
+        # JOB REQUEUE ***" in every run: it is how a requeue looks, not a failure.
+        for f in "$T"/*.log; do   # (the *.out files repeat them)
+            [[ -s $f ]] || continue
+            echo "--- tail $f (daemon log)"
+            grep -v 'DUE TO JOB REQUEUE' "$f" | tail -n 15
+        done >&2
     fi
-    if [[ ${HPCDL_SLURM_KEEP:-0} == 1 ]]; then echo "cluster.sh: kept $T" >&2; else rm -rf "$T"; fi
+    if [[ ${HPCDL_SLURM_KEEP:-0} == 1 ]]; then echo "cluster.sh: kept $T" >&2; fi
     echo "cluster.sh: stopped ${#PIDS[@]} daemon(s) and ${#strays[@]} leftover process(es)" >&2
+    if (( rc != 0 )); then
+        # Last, so that the end of a failed run names what failed (tests/slurm/conftest.py
+        # writes one line per failed test there).
+        [[ -s $T/failures.txt ]] && cat "$T/failures.txt" >&2
+        echo "cluster.sh: FAILED: the command exited $rc: ${CMDLINE:-}" >&2
+    fi
+    [[ ${HPCDL_SLURM_KEEP:-0} == 1 ]] || rm -rf "$T"
     exit "$rc"
 }
 trap cleanup EXIT
+CMDLINE="$*"
 CMD=
 trap '[[ -n $CMD ]] && kill -TERM "$CMD" 2>/dev/null; exit 130' INT
 trap '[[ -n $CMD ]] && kill -TERM "$CMD" 2>/dev/null; exit 143' TERM
+trap '[[ -n $CMD ]] && kill -TERM "$CMD" 2>/dev/null; exit 129' HUP
 
 UTS=0
 mkdir -p "$T/spool" "$T/tmp"
@@ -143,7 +158,7 @@ write_conf() {  # $1: node name, for TmpFS (pmix collides when two slurmd share 
         echo "DebugFlags=NO_CONF_HASH"   # the per-node TmpFS makes the files differ on purpose
         echo "KillWait=5"
         echo "InactiveLimit=0"
-        echo "MinJobAge=30"
+        echo "MinJobAge=600"   # the tests read a finished job's state and exit code
         for (( n=1; n<=NODES; n++ )); do
             echo "NodeName=n$n NodeAddr=127.0.0.1 Port=$((PORT + n)) CPUs=$CPUS State=UNKNOWN"
         done

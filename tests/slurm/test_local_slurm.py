@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
+import signal
 import time
 from pathlib import Path
 
@@ -22,28 +21,12 @@ if not os.environ.get("HPCDL_LOCAL_SLURM_DIR") or "OMPI_COMM_WORLD_SIZE" in os.e
     pytest.skip("needs the local Slurm cluster: make slurm-test (jobs/local-slurm/cluster.sh)",
                 allow_module_level=True)
 
-ROOT = Path(__file__).resolve().parents[2]
-VENV = Path(sys.executable).parent.parent      # the venv running pytest runs the jobs too
+from slurm_jobs import VENV, describe, job_env, job_info, output_tail, run, submit, wait_ended
+
 PY = str(VENV / "bin" / "python")
 TWO_NODES = os.environ.get("HPCDL_SLURM_UTS") == "1"
 need_two_nodes = pytest.mark.skipif(not TWO_NODES, reason="the emulated nodes share a hostname "
                                     "(no UTS namespace): MPI cannot span them")
-
-
-def run(cmd: list[str], timeout: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """One Slurm command under ``timeout`` (a hung step must fail the test, not CI)."""
-    return subprocess.run(["timeout", "-k", "10", str(timeout), *cmd], cwd=ROOT, env=env,
-                          capture_output=True, text=True, errors="replace")
-
-
-def job_env(**extra: str) -> dict[str, str]:
-    """The submitter's environment for sbatch (exported into the job): the venv, CPU
-    training, 2 epochs; root may run Open MPI's mpirun here (CI runs as root)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OMPI_", "PMIX_", "PRTE_", "SLURM_")) or k == "SLURM_CONF"}
-    env.update({"VENV": str(VENV), "TRAIN_ARGS": "--device cpu", "EPOCHS": "2",
-                "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", **extra})
-    return env
 
 
 def rows(stdout: str) -> list[dict]:
@@ -53,9 +36,10 @@ def rows(stdout: str) -> list[dict]:
 @need_two_nodes
 def test_init_agrees_with_slurm_and_hierarchical_allreduce_across_nodes() -> None:
     p = run(["srun", "-N2", "-n4", "--mpi=pmix", PY, "-m", "mpi4py", "tests/slurm/probe.py"], 180)
-    assert p.returncode == 0, p.stdout + p.stderr
+    said = f"srun -N2 -n4 probe.py: exit {p.returncode}\n{p.stdout}{p.stderr}"
+    assert p.returncode == 0, said
     got = rows(p.stdout)
-    assert len(got) == 4, p.stdout + p.stderr
+    assert len(got) == 4, said
     for r in got:
         s = r["slurm"]
         assert (r["rank"], r["local_rank"], r["node"], r["num_nodes"], r["size"]) == (
@@ -69,7 +53,7 @@ def test_init_agrees_with_slurm_and_hierarchical_allreduce_across_nodes() -> Non
 def test_srun_without_pmi_warns_on_every_task() -> None:
     code = "import hpcdl; c = hpcdl.init(); print('size', c.size, flush=True)"
     p = run(["srun", "-N1", "-n2", "--mpi=none", PY, "-c", code], 120)
-    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.returncode == 0, f"srun --mpi=none: exit {p.returncode}\n{p.stdout}{p.stderr}"
     assert p.stdout.split().count("size") == 2 and "size 1" in p.stdout, p.stdout
     warning = "the launcher started 2 tasks but MPI sees a job of 1 rank"
     assert p.stderr.count(warning) == 2, p.stderr
@@ -89,46 +73,99 @@ def test_job_script_under_sbatch(script: str, nodes: int, per_node: int, tmp_pat
         pytest.skip("the emulated nodes share a hostname: MPI cannot span them")
     log = tmp_path / "job.out"
     # The #SBATCH lines ask for a GPU cluster's resources; the command line overrides them.
-    p = run(["sbatch", "--wait", f"--nodes={nodes}", f"--ntasks-per-node={per_node}",
-             "--cpus-per-task=1", "--gpus-per-node=0", "--time=10", f"--output={log}",
-             f"jobs/{script}"], 420, env=job_env(OUT=str(tmp_path / "run")))
-    # errors="replace": the ranks' progress bars interleave mid-character in one file.
-    out = log.read_text(errors="replace") if log.exists() else "(no job output)"
-    print(out)
-    assert p.returncode == 0, f"sbatch exit {p.returncode}\n{p.stdout}{p.stderr}\n{out}"
+    job = submit([f"--nodes={nodes}", f"--ntasks-per-node={per_node}", "--cpus-per-task=1",
+                  "--gpus-per-node=0", "--time=10", f"--output={log}", f"jobs/{script}"],
+                 job_env(OUT=str(tmp_path / "run")))
+    info = wait_ended(job, 420, script)
+    report = describe(job, script, info, log)
+    assert info["JobState"] == "COMPLETED" and info.get("ExitCode") == "0:0", report
+    out = log.read_text(errors="replace")
     ranks = nodes * per_node
-    assert re.search(rf"^  ranks +{ranks}$", out, re.M), out
-    assert re.search(rf"^  nodes +{nodes} \(", out, re.M), out
+    assert re.search(rf"^  ranks +{ranks}$", out, re.M), report
+    assert re.search(rf"^  nodes +{nodes} \(", out, re.M), report
     table = re.findall(r"^ +(\d+) +(\d+) +(\d+) +- +\d+ +(\S+)$", out, re.M)
-    assert len(table) == ranks and len({row[3] for row in table}) == nodes, table
-    assert f"{ranks} rank(s), mode allreduce" in out, out
+    assert len(table) == ranks and len({row[3] for row in table}) == nodes, (table, report)
+    assert f"{ranks} rank(s), mode allreduce" in out, report
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["ranks"] == ranks and len(metrics["epochs"]) == 2, metrics
+    assert metrics["ranks"] == ranks and len(metrics["epochs"]) == 2, (metrics, report)
 
 
-def _job_state(job: str) -> tuple[str, int]:
-    """(JobState, Restarts) from ``scontrol show job``; ("GONE", 0) once Slurm forgot it."""
-    p = run(["scontrol", "show", "job", job], 30)
-    state = re.search(r"JobState=(\S+)", p.stdout)
-    restarts = re.search(r"Restarts=(\d+)", p.stdout)
-    return (state.group(1) if state else "GONE", int(restarts.group(1)) if restarts else 0)
+# -- the requeue job --------------------------------------------------------------------
+# The signal must reach the ranks while they train. Racing a poll against a 1-second
+# epoch was flaky both ways: on an idle machine the job had finished (scancel failed, or
+# USR1 hit a rank in interpreter shutdown and killed it), so the test either failed or
+# passed without a checkpoint on the signal. Instead the ranks are frozen (SIGSTOP, by
+# PID: they run on this host) once each catches USR1, the signal is sent and seen
+# pending on every rank, and only then are they let go: the handler runs in training.
+
+def _proc_status(pid: int) -> dict[str, str]:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # the process has exited
+        return {}
+    return dict(ln.split(":\t", 1) for ln in text.splitlines() if ":\t" in ln)
 
 
-def _ended(job: str) -> bool:
-    """Run 2 completed, Slurm forgot the job, or it ended badly (one scontrol call)."""
-    state, restarts = _job_state(job)
-    return (state, restarts) in {("COMPLETED", 1), ("GONE", 0)} or \
-        state in {"FAILED", "CANCELLED", "TIMEOUT"}
+def _has(mask: str, sig: int) -> bool:
+    return bool(int(mask or "0", 16) >> (sig - 1) & 1)
 
 
-def _wait_for(what: str, check, timeout: float, log: Path) -> None:
-    """Poll ``check()`` every second until true; fail naming ``what`` after ``timeout``."""
+def _rank_pids(marker: str) -> list[int]:
+    """The ranks of the training step: python processes whose command line names
+    ``marker`` (the run's own folder; srun and the batch shell are not python)."""
+    pids = []
+    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmd.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (Path(argv[0].decode(errors="replace")).name.startswith("python")
+                and b"hpcdl.examples.train" in argv and marker.encode() in b" ".join(argv)):
+            pids.append(int(cmd.parent.name))
+    return sorted(pids)
+
+
+def _freeze_catching(marker: str, ranks: int, timeout: float, log: Path) -> list[int]:
+    """SIGSTOP the ``ranks`` training processes once every one catches SIGUSR1."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = _rank_pids(marker)
+        if len(pids) == ranks and all(_has(_proc_status(p).get("SigCgt", ""), signal.SIGUSR1)
+                                      for p in pids):
+            for p in pids:
+                os.kill(p, signal.SIGSTOP)
+            # Stopped now: check again (a rank could have exited in between).
+            if all(_has(_proc_status(p).get("SigCgt", ""), signal.SIGUSR1) for p in pids):
+                return pids
+            _thaw(pids)
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {ranks} training "
+                         f"ranks that catch SIGUSR1 (found {_rank_pids(marker)})\n"
+                         f"{output_tail(log)}")
+
+
+def _thaw(pids: list[int]) -> None:
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def _usr1_pending(pid: int) -> bool:
+    st = _proc_status(pid)
+    return _has(st.get("SigPnd", ""), signal.SIGUSR1) or _has(st.get("ShdPnd", ""),
+                                                              signal.SIGUSR1)
+
+
+def _wait_for(what: str, check, timeout: float, job: str, log: Path) -> None:
+    """Poll ``check()`` every 0.2 s; fail naming ``what`` and the job after ``timeout``."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            out = log.read_text(errors="replace") if log.exists() else "(no job output)"
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{out[-4000:]}")
-        time.sleep(1)
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n"
+                                 + describe(job, "slurm_requeue.sbatch", job_info(job), log))
+        time.sleep(0.2)
 
 
 def test_requeue_job_checkpoints_on_usr1_and_resumes(tmp_path: Path) -> None:
@@ -136,34 +173,38 @@ def test_requeue_job_checkpoints_on_usr1_and_resumes(tmp_path: Path) -> None:
     # test does not wait for a limit: USR1 to the batch shell, which passes it to the
     # ranks; they checkpoint and exit, the script requeues the job, and run 2 resumes.
     log, out = tmp_path / "job.out", tmp_path / "run"
-    p = run(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
-             "--gpus-per-node=0", "--time=10", f"--output={log}", "jobs/slurm_requeue.sbatch"],
-            60, env=job_env(OUT=str(out), EPOCHS="1", CKPT_EVERY="5", NTASKS="2",
-                            DEVICE="cpu"))
-    assert p.returncode == 0, p.stdout + p.stderr
-    job = p.stdout.strip().split(";")[0]
+    job = submit(["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
+                  "--time=10", f"--output={log}", "jobs/slurm_requeue.sbatch"],
+                 job_env(OUT=str(out), EPOCHS="1", CKPT_EVERY="5", NTASKS="2", DEVICE="cpu"))
     start = time.monotonic()
+    pids: list[int] = []
     try:
-        # Signal once the first checkpoint is complete ("latest" moves last).
-        _wait_for("the first checkpoint", lambda: (out / "ckpt" / "latest").exists(), 300, log)
-        print(f"first checkpoint after {time.monotonic() - start:.0f} s; sending USR1")
+        pids = _freeze_catching(str(out), 2, 300, log)
+        print(f"ranks {pids} catch USR1 after {time.monotonic() - start:.0f} s: stopped them; "
+              "sending USR1 to the batch shell")
         sig = run(["scancel", "--batch", "--signal=USR1", job], 30)
         assert sig.returncode == 0, sig.stdout + sig.stderr
-        _wait_for("the requeue", lambda: _job_state(job)[1] >= 1, 300, log)
+        _wait_for("USR1 pending on every rank (batch shell -> srun -> tasks)",
+                  lambda: all(_usr1_pending(p) for p in pids), 60, job, log)
+        _thaw(pids)
+        _wait_for("the requeue", lambda: int(job_info(job).get("Restarts", 0)) >= 1, 300,
+                  job, log)
         print(f"requeued after {time.monotonic() - start:.0f} s")
         # Slurm holds a requeued job for cred_expire (default 120 s; the local cluster sets
         # 10 s). Forcing an earlier start gets it killed: "Job credential revoked".
-        _wait_for("the requeued run to finish", lambda: _ended(job), 400, log)
+        info = wait_ended(job, 400, "slurm_requeue.sbatch run 2")
         print(f"finished after {time.monotonic() - start:.0f} s")
     finally:
-        run(["scancel", job], 30)    # whatever happened: no job left behind
+        _thaw(pids)                  # whatever happened: no frozen rank,
+        run(["scancel", job], 30)    # no job left behind
+    report = describe(job, "slurm_requeue.sbatch", info, log)
     text = log.read_text(errors="replace")
-    print(text)
-    final = _job_state(job)
-    assert final[0] in {"COMPLETED", "GONE"}, (final, text[-4000:])
-    assert "USR1: asking the ranks to checkpoint" in text, text[-4000:]
-    assert f"requeueing job {job}" in text and f"run 2 of job {job}" in text, text[-4000:]
-    assert re.search(r"resumed from .*step-\d+ \(step [1-9]\d*", text), text[-4000:]
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", report
+    assert "USR1: asking the ranks to checkpoint" in text, report
+    # The ranks acted on the signal mid-training (not after the loop, not killed by it).
+    assert re.search(r"checkpointed at step \d+ on SIGUSR1", text), report
+    assert f"requeueing job {job}" in text and f"run 2 of job {job}" in text, report
+    assert re.search(r"resumed from .*step-\d+ \(step [1-9]\d*", text), report
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["ranks"] == 2 and len(metrics["epochs"]) == 1, metrics
-    assert metrics["checkpoint"]["resumed_from_step"] > 0, metrics
+    assert metrics["ranks"] == 2 and len(metrics["epochs"]) == 1, (metrics, report)
+    assert metrics["checkpoint"]["resumed_from_step"] > 0, (metrics, report)
