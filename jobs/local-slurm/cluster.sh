@@ -55,7 +55,14 @@ MARK="HPCDL_LOCAL_SLURM=$T"   # in every daemon's environment, so their orphans 
 
 cleanup() {
     local rc=$? pid
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM HUP
+    # The command's process group (its own, see 5.): pytest and the sbatch/srun it
+    # started, whether it was interrupted or left children behind.
+    if [[ -n $CMD ]]; then
+        kill -TERM -- "-$CMD" 2>/dev/null
+        for _ in $(seq 50); do kill -0 -- "-$CMD" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL -- "-$CMD" 2>/dev/null
+    fi
     # Cancel what is left so slurmd takes its steps down itself; then stop the daemons.
     SLURM_CONF=$T/n1/slurm.conf timeout 10 scancel --quiet --full --signal=KILL --user=root \
         2>/dev/null || true
@@ -99,9 +106,9 @@ cleanup() {
 trap cleanup EXIT
 CMDLINE="$*"
 CMD=
-trap '[[ -n $CMD ]] && kill -TERM "$CMD" 2>/dev/null; exit 130' INT
-trap '[[ -n $CMD ]] && kill -TERM "$CMD" 2>/dev/null; exit 143' TERM
-trap '[[ -n $CMD ]] && kill -TERM "$CMD" 2>/dev/null; exit 129' HUP
+trap 'exit 130' INT    # cleanup (the EXIT trap) stops the command's process group
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 UTS=0
 mkdir -p "$T/spool" "$T/tmp"
@@ -221,10 +228,12 @@ echo "cluster.sh: $NODES node(s) idle ($(tr '\n' ' ' <<<"$states")) in ${SECONDS
 
 # ---- 5. the command; its exit code is ours ------------------------------------------
 # In the background + wait, so that a TERM/INT to this script runs the trap at once
-# (bash defers traps until a foreground child returns).
+# (bash defers traps until a foreground child returns). setsid: its own process group,
+# whose id is its PID (a background child is no group leader, so setsid does not
+# fork), so that cleanup stops it and every process it started, by that id.
 set +e
 export HPCDL_LOCAL_SLURM_DIR=$T
-"$@" &
+setsid "$@" <&0 &   # <&0: a background job would read /dev/null (cluster.sh -- bash)
 CMD=$!
 wait "$CMD"
 exit $?

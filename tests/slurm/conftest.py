@@ -8,7 +8,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 FAILURES = "failures.txt"  # read by jobs/local-slurm/cluster.sh
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config) -> None:
+    """The jobs' output folders under the cluster's own folder: HPCDL_SLURM_KEEP=1 keeps
+    them beside the daemons' logs of the same run, and otherwise they go with it."""
+    folder = os.environ.get("HPCDL_LOCAL_SLURM_DIR")
+    if folder and config.option.basetemp is None:
+        config.option.basetemp = str(Path(folder) / "pytest")
 
 
 def pytest_runtest_logreport(report) -> None:

@@ -92,9 +92,25 @@ def daemon_lines(job: str) -> str:
     return "\n".join(found[-40:]) or "(no daemon log lines)"
 
 
+# Open MPI's report of a crashed rank (signal, address, C backtrace) and srun's summary:
+# shown on their own, as they may be far from the end of a long output.
+CRASH = re.compile(r"\*\*\* Process received signal|Signal( code)?: |Failing at address|"
+                   r"^\[[^\]]+\] \[ ?\d+\] |Fatal Python error|srun: error: .*task")
+
+
+def crash_lines(log: Path) -> str:
+    if not log.exists():
+        return ""
+    found = [ln for ln in output_tail(log, 10**6).splitlines() if CRASH.search(ln)]
+    return "\n".join(found[:60])
+
+
 def describe(job: str, script: str, info: dict[str, str], log: Path) -> str:
     """The failure report of one job: which, its Slurm state, the daemons' view, output."""
     state = " ".join(f"{k}={info.get(k, '?')}" for k in ("JobState", "ExitCode", "Reason",
                                                           "Restarts", "NodeList"))
+    crashes = crash_lines(log)
     return (f"job {job} ({script}): {state}\n--- daemon logs about job {job}\n"
-            f"{daemon_lines(job)}\n--- tail of {log}\n{output_tail(log)}")
+            f"{daemon_lines(job)}\n"
+            + (f"--- crash reports in {log}\n{crashes}\n" if crashes else "")
+            + f"--- tail of {log}\n{output_tail(log)}")
