@@ -5,10 +5,8 @@
 Runs ``STEPS`` P-Reduce steps (reported by all ranks together) on a 37-element
 float64 vector. Every 10% of its steps each rank samples:
 
-* the communicators alive in this process: Open MPI gives a new communicator the
-  lowest free slot of its handle table (``py2f``), so the slot a fresh
-  ``COMM_SELF.Dup`` gets (a local call, unlike a Dup of the world) is the number of
-  communicators alive; a communicator kept per group makes it climb;
+* the communicators alive in this process (tests/comm_census.py: read from Open
+  MPI's handle table); a communicator kept per group makes it climb;
 * its resident memory (``VmRSS``).
 
 Each rank keeps, for every group it joins, its value before and after; rank 0
@@ -24,16 +22,9 @@ import numpy as np
 from mpi4py import MPI
 
 import hpcdl
+from comm_census import COUNTS, live_comms  # tests/ is this script's folder: on sys.path
 
 N = 37
-
-
-def live_comms() -> int:
-    probe = MPI.COMM_SELF.Dup()
-    try:
-        return int(probe.py2f())
-    finally:
-        probe.Free()
 
 
 def rss_kib() -> int:
@@ -96,7 +87,7 @@ def main() -> None:
             bitwise_pairs += 1
             if not np.array_equal(results[0], (xs[0] + xs[1]) * 0.5):
                 bad.append(f"pair {members} at step {step}: not bitwise (a + b) / 2")
-    result = {"library": MPI.Get_library_version().splitlines()[0], "steps": steps, "group_size": p, "ranks": ctx.size, "groups": len(groups),
+    result = {"counts_comms": COUNTS, "steps": steps, "group_size": p, "ranks": ctx.size, "groups": len(groups),
               "distinct_member_sets": len({m for _, m in groups}), "pairs_bitwise": bitwise_pairs,
               "calls": {r: e[5] for r, e in enumerate(everyone)},
               "samples": {r: e[4] for r, e in enumerate(everyone)},
