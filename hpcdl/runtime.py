@@ -235,13 +235,20 @@ def init(comm: Any = None, timeout: float | None = None, *,
 
     Without ``comm``: the default context, over a Dup of ``COMM_WORLD``, made
     once; later calls return it unchanged (their ``timeout`` and ``trace`` are
-    not looked at). It alone gets the watchdog, the tracer, the hook that
-    aborts the job on an uncaught exception, and the exit handler that drains
-    the async queues.
+    not looked at). It alone gets the tracer.
 
     ``comm``: an mpi4py communicator to build a context over instead (hpcdl
     works on its own Dup of it). Every call makes a new context, not the
-    default one, and ``timeout`` and ``trace`` do not apply to it.
+    default one; ``trace`` does not apply to it.
+
+    Whichever communicator is given, the first ``init`` of the process installs
+    the job's safety nets, once: the hook that aborts the whole job on an
+    uncaught exception (naming the rank in ``COMM_WORLD``), the exit handler that
+    drains the async queues before MPI is finalized, and, with a timeout, the
+    watchdog. The watchdog's thread is started collectively over ``COMM_WORLD``,
+    so a ``comm`` over only some of the job's ranks cannot start it (a warning
+    says so; ``init()`` on every rank first can); once running it watches every
+    context's communicator, with the timeout it was started with.
 
     ``timeout`` (seconds; default ``$HPCDL_TIMEOUT``, unset or 0 = off) turns
     on the watchdog: an operation that waits that long ends the job naming the
@@ -263,10 +270,15 @@ def init(comm: Any = None, timeout: float | None = None, *,
         from . import watchdog
 
         dup = base.Dup()
-        wd_timeout = 0.0
-        if comm is None:  # the watchdog belongs to the default context
-            wd_timeout = watchdog.resolve_timeout(timeout, rank=dup.Get_rank())
-            watchdog.agree(dup, wd_timeout)
+        wd_timeout = watchdog.resolve_timeout(timeout, rank=dup.Get_rank())
+        watchdog.agree(dup, wd_timeout)
+        if wd_timeout and not watchdog.active() \
+                and dup.Get_size() != MPI.COMM_WORLD.Get_size():
+            warnings.warn(f"hpcdl.init(comm) over {dup.Get_size()} of the job's "
+                          f"{MPI.COMM_WORLD.Get_size()} ranks cannot start the watchdog (it "
+                          "starts over every rank); call hpcdl.init() on every rank first to "
+                          "watch this communicator", RuntimeWarning, stacklevel=2)
+            wd_timeout = 0.0
         # On: every later communicator derives from this counting view (watchdog/comm.py).
         main = MPICommunicator(watchdog.watch(dup) if wd_timeout else dup)
         rank, size = main.rank, main.size
@@ -297,7 +309,6 @@ def init(comm: Any = None, timeout: float | None = None, *,
                       mpi_library=library.splitlines()[0].split(", package")[0].strip(),
                       thread_level=levels.get(MPI.Query_thread(), "?"), launcher=launcher)
         if comm is None:
-            _abort_on_uncaught(rank, size, MPI.COMM_WORLD)
             _CONTEXT = ctx
             from .collectives.debug import set_debug
 
@@ -306,13 +317,33 @@ def init(comm: Any = None, timeout: float | None = None, *,
             if directory:
                 from . import trace as tracing
 
-                # before _shutdown is registered: atexit runs last-in first-out, so the
-                # trace is flushed after _shutdown has drained (and recorded) the queues
                 tracing.start(directory, main)
-            atexit.register(_shutdown)
-            if wd_timeout:
-                watchdog.start(wd_timeout)
+                # atexit runs last-in first-out: registered after the tracer's handler,
+                # _shutdown drains (and records) the queues before the trace is flushed
+                # (a second run of it, from the safety nets, finds nothing left)
+                atexit.register(_shutdown)
+        _install_safety_nets()
+        if wd_timeout:
+            watchdog.start(wd_timeout)   # collective over COMM_WORLD the first time only
         return ctx
+
+
+_NETS_INSTALLED = False
+
+
+def _install_safety_nets() -> None:
+    """The abort hook and the exit drain, once per process, whatever the communicator:
+    an uncaught exception on a rank must end the whole job however hpcdl was started
+    (a context over ``init(comm)`` left the others waiting forever without them)."""
+    global _NETS_INSTALLED
+    if _NETS_INSTALLED:
+        return
+    from mpi4py import MPI
+
+    _NETS_INSTALLED = True
+    world = MPI.COMM_WORLD   # Abort ends every rank of the job, whatever comm was given
+    _abort_on_uncaught(world.Get_rank(), world.Get_size(), world)
+    atexit.register(_shutdown)
 
 
 def _shutdown() -> None:

@@ -20,6 +20,7 @@ import torch
 
 import hpcdl
 import hpcdl.ps as ps
+from comm_census import COUNTS, live_comms
 from hpcdl.torch import ParameterServer
 
 
@@ -76,14 +77,14 @@ def test_sync_equals_allreduce_data_parallel(ctx, mode, staleness, servers, opt)
         for q in ref.parameters():
             hpcdl.allreduce(q.grad, op="avg", comm=wc)
         ref_opt.step()
+    mine = np.concatenate([q.detach().numpy().ravel() for q in model.parameters()])
+    everyone = wc.allgather_object(mine)  # before close, which frees worker_comm
     p.close()
     assert p.clock == steps and p.max_clock_gap == 0
     for (name, a), b in zip(model.named_parameters(), ref.parameters()):
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5,
                                    atol=1e-6, err_msg=name)
-    # Every worker holds the same parameters.
-    mine = np.concatenate([q.detach().numpy().ravel() for q in model.parameters()])
-    for other in wc.allgather_object(mine):
+    for other in everyone:  # every worker holds the same parameters
         np.testing.assert_array_equal(other, mine)
 
 
@@ -120,19 +121,19 @@ def test_slow_worker_converges_within_the_staleness_bound(ctx, mode, staleness):
         params = worker.push_pull({"w": x.T @ err / len(y)})
     wc.barrier()                      # every push is in: score the served parameters
     params = worker.pull()
-    worker.close()
+    everyone = wc.allgather_object(pushes)
+    fast_gaps = wc.allgather_object(worker.max_clock_gap)
+    worker.close()                    # frees worker_comm: gathered above
     x, y = _least_squares(wc.rank, steps, w_true)
     final = float(np.mean((x @ params["w"] - y) ** 2))
     assert final < 0.1 * losses[0], (losses, final)
     # Independent of the servers' own bookkeeping: when this worker started clock k, how
     # many pushes had the slowest worker sent? (A push is applied after it is sent, so
     # this undercounts the gap the servers enforce.)
-    everyone = wc.allgather_object(pushes)
     gap = max(k - min(sum(t < starts[k] for t in other) for other in everyone)
               for k in range(steps))
     if mode == "ssp":
         assert worker.max_clock_gap <= staleness and gap <= staleness, (worker.gaps, gap)
-    fast_gaps = wc.allgather_object(worker.max_clock_gap)
     # The fast workers did run ahead of the slow one (else the bound was never tested).
     assert max(fast_gaps) >= 1, fast_gaps
 
@@ -170,6 +171,36 @@ def test_mismatched_models_are_refused_at_setup_on_every_rank(ctx):
                        match=rf"worker rank {odd}: parameter 'w' has shape \(4, 5\), the "
                              r"servers hold shape \(4, 4\)"):
         ps.setup({"w": np.zeros(shape, np.float32)}, optimizer=ps.SGD(lr=0.1))
+
+
+@pytest.mark.mpi(min_size=2)
+def test_close_frees_the_communicators_setup_made(ctx):
+    # Counted by MPI itself (tests/comm_census.py), not by hpcdl's own bookkeeping.
+    if not COUNTS:
+        pytest.skip("the communicator count reads Open MPI's handle table")
+    w = {"w": np.arange(6, dtype=np.float32)}
+    before = live_comms()
+    p = ps.setup(w, optimizer=ps.SGD(lr=0.1), timeout=60)
+    made = live_comms() - before
+    if p.is_server:
+        p.serve()
+        served = live_comms() - before  # serve() frees them once every worker closed
+        p.close()
+    else:
+        p.push_pull({"w": np.ones(6, np.float32)})
+        p.close()
+        served = live_comms() - before
+        p.close()  # idempotent
+    freed = live_comms() - before
+    # A refused setup (a worker without params) frees them on every rank before raising.
+    with pytest.raises(hpcdl.InvalidArgumentError, match="passed no params"):
+        ps.setup(None, optimizer=ps.SGD(lr=0.1), timeout=60)
+    refused = live_comms() - before
+    assert (made, served, freed, refused) == (2, 0, 0, 0), (made, served, freed, refused)
+    if p.is_server:
+        with pytest.raises(hpcdl.ps.PSError, match="served already") as e:
+            p.serve()
+        assert f"rank {ctx.rank}" in str(e.value)
 
 
 @pytest.mark.mpi(min_size=2)

@@ -1,50 +1,53 @@
-"""Group communicators, made with ``MPI_Comm_create_group`` and cached by member set.
+"""Group averages over one communicator: no MPI communicator per group.
 
-``Create_group`` is collective over the members only, so a group of two
-forms while the other ranks keep computing (``MPI_Comm_split`` would need
-every rank). Every member of a group got the same sorted member tuple from
-the controller, and a member set is created the first time any of its
-members meets it, so all members hit or miss the cache together.
-At ``n`` ranks there are at most ``sum_{k=2..P} C(n, k)`` distinct groups
-(10 at 4 ranks with P = 2 or 3); each costs one context id and is reused.
+A P-Reduce group is a different member set at almost every step (at 64
+ranks with P = 4 a rank meets tens of thousands of them), so a communicator
+per group, even cached, grows without bound and exhausts MPICH's ~2,000
+context ids. Each group instead averages over a
+:class:`~hpcdl.comm.members.MemberComm`, a view of the members on the
+session's data communicator made of point-to-point messages (why their
+messages cannot be confused with another group's: comm/members.py). One view
+per group size is kept and re-pointed, so the memory it holds (scratch
+buffers, cached plans) is bounded by ``P - 1`` views.
+
+The algorithm is what ``auto`` picks for a flat communicator of the group's
+size (``choose_flat``: recursive doubling for small buffers, the ring for
+large ones); every member gets the same member tuple, dtype and shape (the
+controller checked them), so all choose alike, and every member ends with
+bitwise the same average.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..comm.mpi import MPICommunicator
+from ..buffers import as_buffer
+from ..comm.members import MemberComm
 
-__all__ = ["GroupCache"]
-
-_CREATE_TAG = 7  # a rank is in one Create_group at a time: one tag suffices
+__all__ = ["GroupAverager"]
 
 
-class GroupCache:
-    __slots__ = ("parent", "cuda_aware", "_cache")
+class GroupAverager:
+    __slots__ = ("parent", "_views")
 
-    def __init__(self, parent: Any, cuda_aware: bool) -> None:
-        self.parent = parent            # mpi4py intracommunicator the groups are made from
-        self.cuda_aware = cuda_aware
-        self._cache: dict[tuple[int, ...], MPICommunicator] = {}
+    def __init__(self, parent: Any) -> None:
+        self.parent = parent          # MPICommunicator whose ranks the members are
+        self._views: dict[int, MemberComm] = {}
 
     def __len__(self) -> int:
-        return len(self._cache)
+        """How many views exist (at most P - 1, however many groups formed)."""
+        return len(self._views)
 
-    def get(self, members: tuple[int, ...]) -> MPICommunicator:
-        sub = self._cache.get(members)
-        if sub is None:
-            group = self.parent.Get_group().Incl(list(members))
-            try:
-                sub = MPICommunicator(self.parent.Create_group(group, _CREATE_TAG))
-            finally:
-                group.Free()
-            sub.cuda_aware = self.cuda_aware
-            self._cache[members] = sub
-        return sub
+    def average(self, x: Any, members: tuple[int, ...], op_name: str = "preduce") -> None:
+        """Average ``x`` in place over ``members`` (sorted parent ranks, this rank among
+        them); every member calls it with the same tuple."""
+        from ..collectives.api import allreduce
+        from ..collectives.select import choose_flat
 
-    def free(self) -> None:
-        """Free every group (collective per group: all ranks free in the same sorted order)."""
-        for key in sorted(self._cache):
-            self._cache[key].mpi.Free()
-        self._cache.clear()
+        view = self._views.get(len(members))
+        if view is None:
+            view = self._views[len(members)] = MemberComm(self.parent, members)
+        else:
+            view.point_to(members)
+        buf = as_buffer(x, arg="x", writable=True, rank=self.parent.rank, op=op_name)
+        allreduce(x, op="avg", comm=view, algorithm=choose_flat(view, buf.nbytes, buf.dtype))

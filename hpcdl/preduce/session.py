@@ -10,8 +10,9 @@
 
 Each call sends "ready" to the controller (a thread on rank 0, see
 controller.py), waits for its reply and averages ``x`` over the members it
-names: a cached ``Create_group`` communicator for a group, the whole session
-communicator for a full sync. Creating a session is collective (two ``Dup``).
+names: point-to-point messages among the members for a group (groups.py: no MPI
+communicator per group), the whole session communicator for a full sync. Creating a
+session is collective (two ``Dup``, freed when the session stops).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..ops import dtype_name
 from ..runtime import default_comm
 from .connectivity import default_max_groups
 from .controller import Controller, Deadline
-from .groups import GroupCache
+from .groups import GroupAverager
 from .messages import ERROR, FULL_SYNC_ERROR, GROUP, STOP, TAG_READY, TAG_REPLY, Ready, Reply
 
 __all__ = ["PReduce", "Reply"]
@@ -93,10 +94,10 @@ class PReduce:
         self.timeout = float(timeout)
         self.max_groups = max_groups or default_max_groups(c.size, group_size)
         self._ctl = c.mpi.Dup()     # control messages only
-        self._data = c.mpi.Dup()    # averaging: full syncs here, groups made from it
+        self._data = c.mpi.Dup()    # averaging: full syncs and every group's messages
         self._full = MPICommunicator(self._data)
         self._full.cuda_aware = c.cuda_aware
-        self._groups = GroupCache(self._data, c.cuda_aware)
+        self._groups = GroupAverager(self._full)
         self.stopped = False
         self.calls = 0
         self.averaged = 0  # calls whose group had a partner (or was a full sync)
@@ -162,7 +163,7 @@ class PReduce:
 
         if reply.kind == GROUP:
             if len(reply.members) > 1:
-                allreduce(x, op="avg", comm=self._groups.get(reply.members))
+                self._groups.average(x, reply.members, _OP)
                 self.averaged += 1
         else:  # a full sync, periodic, forced or final
             allreduce(x, op="avg", comm=self._full)
@@ -194,7 +195,6 @@ class PReduce:
         if self.controller is not None and not self.controller.join(self.timeout):
             raise CommError(f"the controller thread did not end within {self.timeout:.0f} s",
                             rank=self.rank, size=self.size, op=_OP)
-        self._groups.free()
         self._full = None  # type: ignore[assignment]
         self._data.Free()
         self._ctl.Free()

@@ -14,6 +14,11 @@ Collective over ``comm``: the ranks agree on roles and on the parameter layout
 (the first worker's is the reference; a worker whose names or shapes differ
 makes every rank raise the same error naming it). The first worker's values
 initialise the servers, unless a reopened disk store holds values already.
+
+``setup`` makes two communicators (a ``Dup`` for the PS traffic and a ``Split`` into
+workers and servers, ``worker_comm``); a worker's ``close()`` frees them (use
+``worker_comm`` before it), a server's ``serve()`` frees them when every worker has
+closed, and ``close()`` does on either role (so does a ``setup`` that raises).
 """
 
 from __future__ import annotations
@@ -86,6 +91,19 @@ def setup(params: "Mapping[str, Any] | Sequence[tuple[str, Any]] | None" = None,
     if not isinstance(optimizer, (optim.SGD, optim.Adam)):
         optimizer = optim.from_torch(optimizer)
     roles = make_roles(base, num_servers, server_ranks)
+    try:
+        return _start(roles, params, optimizer, mode, staleness, store, path, timeout,
+                      chunk_elems, compression, bad)
+    except BaseException:
+        roles.free()  # a refused layout raises on every rank alike: none keeps the two
+        raise
+
+
+def _start(roles: Any, params: Any, optimizer: Any, mode: str, staleness: int, store: Any,
+           path: Any, timeout: float, chunk_elems: int, compression: str | None,
+           bad: Any) -> Any:
+    """setup's collective part, on the communicators ``roles`` holds."""
+    rank, size = roles.rank, roles.size
     mine = None if roles.is_server else _layout(params)
     layouts = roles.mpi.allgather(mine)   # on the PS communicator: every rank, both kinds
     missing = [w for w in roles.workers if layouts[w] is None]

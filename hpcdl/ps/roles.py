@@ -42,6 +42,27 @@ class Roles:
     def first_worker(self) -> int:
         return self.workers[0]
 
+    def free(self) -> None:
+        """Free the two communicators :func:`make_roles` made (idempotent).
+
+        ``MPI_Comm_free`` is collective in MPI's sense: every rank frees its handles
+        once, but nobody waits for the others (a worker frees at its close while the
+        servers still serve other workers). Messages already sent complete normally.
+        """
+        from mpi4py import MPI
+
+        if self.group.executor is not None:  # async work queued on worker_comm finishes first
+            self.group.executor.close()
+        for comm in (self.group.mpi, self.mpi):
+            if comm != MPI.COMM_NULL:
+                comm.Free()   # mpi4py sets the object to COMM_NULL: a second free skips it
+
+    @property
+    def freed(self) -> bool:
+        from mpi4py import MPI
+
+        return self.mpi == MPI.COMM_NULL
+
 
 def make_roles(comm: Any = None, num_servers: int = 1,
                server_ranks: Sequence[int] | None = None) -> Roles:
@@ -68,7 +89,7 @@ def make_roles(comm: Any = None, num_servers: int = 1,
                                        f"distinct ranks of 0..{size - 1}", rank=rank, size=size,
                                        op="ps.setup")
     workers = tuple(r for r in range(size) if r not in servers)
-    mpi = base.mpi.Dup()
+    mpi = base.mpi.Dup()     # both freed by Roles.free (the worker's or server's close)
     group = MPICommunicator(mpi.Split(1 if rank in servers else 0, rank))
     group.cuda_aware = getattr(base, "cuda_aware", False)
     return Roles(mpi=mpi, rank=rank, size=size, servers=servers, workers=workers, group=group)

@@ -263,7 +263,12 @@ class Server(Quiesce):
 
         ``on_save(step, shard_state)``: called when the workers ask for a checkpoint
         (collective with them). ``signal``: an object whose ``received`` turns true when
-        this rank is signalled (server 0 then schedules a checkpoint)."""
+        this rank is signalled (server 0 then schedules a checkpoint). Runs once: when it
+        returns, the communicators are freed."""
+        if self.roles.freed:
+            raise P.PSError("this server has served already (or was closed): serve() runs "
+                            "once, until every worker has closed", rank=self.roles.rank,
+                            size=self.roles.size, op="ps.serve")
         workers = self.roles.workers
         self.on_save = on_save
         self.incoming: list = []
@@ -299,7 +304,10 @@ class Server(Quiesce):
         self.stats["seconds"] = time.perf_counter() - start
         self.stats["applied_clocks"] = self.applied
         self.store.commit(self.meta)
+        self.roles.free()  # every worker is done: nothing more can arrive
         return self.stats
 
     def close(self) -> None:
+        """Close the store and free the communicators ``setup`` made (idempotent)."""
         self.store.close()
+        self.roles.free()

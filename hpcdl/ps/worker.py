@@ -188,10 +188,11 @@ class Worker:
             self.save_at = 0
 
     def close(self) -> None:
-        """Tell every server this worker is done (no more pushes)."""
-        if self.closed:
-            return
-        self.closed = True
-        for s in self.roles.servers:
-            self.comm.Send([P.header(P.DONE, self.clock, 0, 0, self.rank), MPI.INT64_T], s,
-                           P.TAG_REQUEST)
+        """Tell every server this worker is done (no more pushes), then free the
+        communicators ``setup`` made, ``worker_comm`` included (idempotent)."""
+        if not self.closed:  # closed already by an error: nothing more to tell the servers
+            self.closed = True
+            for s in self.roles.servers:
+                self.comm.Send([P.header(P.DONE, self.clock, 0, 0, self.rank), MPI.INT64_T],
+                               s, P.TAG_REQUEST)
+        self.roles.free()

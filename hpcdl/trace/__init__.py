@@ -39,15 +39,18 @@ _LABELS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 LANES = ("collective", "queue", "mpi", "staging", "compression", "optimizer", "user")
 
 
-def start(directory: str, comm: Any) -> None:
-    """Start recording into ``directory`` (collective over ``comm``: it measures clock offsets)."""
+def start(directory: str, comm: Any, *, clock_skew_ns: int = 0) -> None:
+    """Start recording into ``directory`` (collective over ``comm``: it measures clock offsets).
+
+    ``clock_skew_ns``: for tests only, this rank's clock is taken to run that far
+    ahead of the real one (see :class:`~hpcdl.trace.recorder.Recorder`)."""
     global ON, _recorder
     from ..collectives import registry
     from .recorder import Recorder
 
     if _recorder is not None:
         return
-    _recorder = Recorder(directory, comm)
+    _recorder = Recorder(directory, comm, clock_skew_ns)
     ON = True
     registry.invalidate_plans()  # cached fast-path plans would bypass the recorder
 

@@ -23,12 +23,13 @@ _TAG = 29_001   # below MPI's guaranteed tag bound (32767)
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))  # made once: str() what JSON lacks
 
 
-def clock_offset(comm: Any) -> tuple[int, int]:
-    """``(offset_ns, rtt_ns)`` to add to this rank's ``now()`` to get rank 0's clock.
+def clock_offset(comm: Any, skew_ns: int = 0) -> tuple[int, int]:
+    """``(offset_ns, rtt_ns)`` to add to this rank's clock to get rank 0's clock.
 
     Collective. Rank 0 answers each rank's pings in turn; each rank keeps the
     ping with the shortest round trip and assumes the reply was stamped half
     way (Cristian's algorithm): the error is at most half that round trip.
+    This rank's clock is ``now() + skew_ns`` (see :class:`Recorder`).
     """
     if comm.size == 1:
         return 0, 0
@@ -38,25 +39,32 @@ def clock_offset(comm: Any) -> tuple[int, int]:
         for _ in range(_PINGS):
             if comm.rank == 0:
                 comm.recv(stamp, peer, _TAG)
-                stamp[0] = now()
+                stamp[0] = now() + skew_ns
                 comm.send(stamp, peer, _TAG)
             elif comm.rank == peer:
-                t0 = now()
+                t0 = now() + skew_ns
                 comm.send(stamp, 0, _TAG)
                 comm.recv(stamp, 0, _TAG)
-                t1 = now()
+                t1 = now() + skew_ns
                 if t1 - t0 < best[1]:
                     best = (int(stamp[0]) - (t0 + t1) // 2, t1 - t0)
     return best if comm.rank else (0, 0)
 
 
 class Recorder:
-    """Buffers events and appends one JSON line per flush; the first line describes the rank."""
+    """Buffers events and appends one JSON line per flush; the first line describes the rank.
 
-    def __init__(self, directory: str, comm: Any) -> None:
+    ``clock_skew_ns`` (tests only): this rank's clock reads ``now() + clock_skew_ns``,
+    in the offset measurement and in every event it records, as if it ran on a host
+    whose clock differs. On one host all ranks share one clock, so without it a test
+    could not tell a merge that removes the offsets from one that ignores them.
+    """
+
+    def __init__(self, directory: str, comm: Any, clock_skew_ns: int = 0) -> None:
         self.directory = directory
         self.rank = comm.rank
-        offset, rtt = clock_offset(comm)
+        self.skew = int(clock_skew_ns)
+        offset, rtt = clock_offset(comm, self.skew)
         Path(directory).mkdir(parents=True, exist_ok=True)
         self.path = Path(directory) / f"rank{comm.rank}.jsonl"
         self._file = open(self.path, "w", buffering=1 << 16)  # noqa: SIM115 - closed in close()
@@ -71,7 +79,7 @@ class Recorder:
         atexit.register(self.close)
 
     def add(self, name: str, lane: str, t0: int, t1: int, args: dict[str, Any]) -> None:
-        self._events.append((name, lane, t0, t1 - t0, args))  # list.append: atomic under the GIL
+        self._events.append((name, lane, t0 + self.skew, t1 - t0, args))  # atomic under the GIL
         if len(self._events) >= FLUSH_EVENTS or t1 - self._last_flush > FLUSH_SECONDS * 1e9:
             self.flush()
 
