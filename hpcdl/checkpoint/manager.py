@@ -43,6 +43,7 @@ from ..runtime import default_comm
 from . import series
 from .files import atomic_write, fsync_dir, load_torch, sha256_bytes, torch_bytes
 from .loadable import load_problem, pickle_problem
+from .loaded import Loaded
 from .verify import FORMAT, SHARDED, check_files, hash_files, read_manifest, verify_files
 from .verify import rank_file as _rank_file
 
@@ -57,31 +58,6 @@ def _world_size() -> int:
 
 class CheckpointError(HpcdlError):
     """A checkpoint is missing, corrupt or incomplete (the message names the file)."""
-
-
-class Loaded(dict):
-    """A loaded checkpoint: ``shared`` and this rank's ``local`` state, plus where from."""
-
-    @property
-    def step(self) -> int:
-        return int(self["manifest"]["step"])
-
-    @property
-    def saved_size(self) -> int:
-        return int(self["manifest"]["size"])
-
-    def local_of(self, rank: int) -> Any:
-        """The ``local`` state that rank ``rank`` of the saving job wrote (its file was
-        checked against the manifest with the rest): how a resume at another rank count
-        maps per-rank state, e.g. parameter-server shards re-split across other servers,
-        or new rank r taking saved rank r % saved_size's optimizer state."""
-        if not 0 <= int(rank) < self.saved_size:
-            from mpi4py import MPI
-
-            raise InvalidArgumentError(f"local_of({rank}): rank {rank}: this checkpoint was "
-                                       f"written by {self.saved_size} rank(s)",
-                                       rank=MPI.COMM_WORLD.Get_rank(), op="checkpoint load")
-        return load_torch(Path(self["folder"]) / _rank_file(int(rank)))
 
 
 def _name(step: int) -> str:
