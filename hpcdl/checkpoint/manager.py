@@ -185,20 +185,23 @@ class CheckpointManager:
                                   op=f"checkpoint {op}")
 
     def refuse_other_run(self, how_to_resume: str = "resume=True") -> None:
-        """Collective: raise :class:`CheckpointError` on every rank if the folder holds
-        checkpoints (of an earlier run): a new run that saved among them would mix two
-        runs' checkpoints, and a later resume could pick the other run's. The drivers
-        call it when they do not resume; ``how_to_resume`` is the way out they offer."""
-        error = None
-        if self.comm.rank == 0:
-            found = self.candidates() if self.directory.is_dir() else []
-            if found:
-                error = (f"{self.directory} already holds {len(found)} checkpoint(s) of an "
-                         f"earlier run, the newest {found[0].name}: to continue that run, "
-                         f"pass {how_to_resume}; to start a new one, use an empty folder "
-                         "(or remove that one); a new run does not save among another "
-                         "run's checkpoints")
-        self._agree(self.comm.bcast_object(error, root=0), "start")
+        """Raise :class:`CheckpointError` if the folder holds checkpoints (of an earlier
+        run): a new run that saved among them would mix two runs' checkpoints, and a
+        later resume could pick the other run's. The drivers call it when they do not
+        resume; ``how_to_resume`` is the way out they offer.
+
+        Local, not collective: every rank looks at the (shared) folder itself and all see
+        the same finished checkpoints, since nothing is saved before every rank is built
+        (a save is collective, and its ``step-N.tmp`` does not count). A collective here
+        would hang a driver built after ``hpcdl.ps.setup``, whose workers wait there for
+        the servers' first answer."""
+        found = self.candidates() if self.directory.is_dir() else []
+        if found:
+            self._agree(f"{self.directory} already holds {len(found)} checkpoint(s) of an "
+                        f"earlier run, the newest {found[0].name}: to continue that run, "
+                        f"pass {how_to_resume}; to start a new one, use an empty folder "
+                        "(or remove that one); a new run does not save among another "
+                        "run's checkpoints", "start")
 
     # -- loading -----------------------------------------------------------------------
     def candidates(self) -> list[Path]:

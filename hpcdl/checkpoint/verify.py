@@ -82,8 +82,8 @@ def verify_files(comm: Any, folder: Path, manifest: dict[str, Any]) -> list[str]
     mine = {f: m for f, m in manifest["files"].items() if owner(f, comm.size) == comm.rank}
     try:
         found = check_files(folder, mine)
-    except OSError as exc:   # an unreadable file: as bad as a corrupt one
-        found = [f"cannot read its files ({exc})"]
+    except (OSError, KeyError, TypeError) as exc:   # unreadable, or a malformed manifest
+        found = [f"cannot check its files ({type(exc).__name__}: {exc})"]
     everyone = comm.allgather_object(found)
     return [f"{p} (checked by rank {r})" for r, ps in enumerate(everyone) for p in ps]
 
