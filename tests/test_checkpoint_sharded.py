@@ -100,8 +100,40 @@ def test_corrupt_shard_falls_back_to_previous(ctx, shared_dir, capsys):
     plain, step = load_plain(m)
     assert step == 1
     assert_same(plain, older)
+    if ctx.rank == 0:   # the damaged file is named, with the rank that checked it: its writer
+        k = ctx.size - 1
+        assert (f"sharded/__{k}_0.distcp: sha256 does not match the manifest (corrupt) "
+                f"(checked by rank {k})") in capsys.readouterr().err
+
+
+def test_tampered_metadata_is_refused_and_runs_nothing(ctx, shared_dir):
+    """A .metadata whose unpickling would create a file (io.FileIO reached through
+    torch.distributed.checkpoint.filesystem), vouched for by the manifest: every rank
+    refuses it naming the file, and no file is created."""
+    import json
+
+    from hpcdl.checkpoint.files import sha256_file
+    from test_checkpoint_safety import _file_creating_pickle
+
+    m = CheckpointManager(shared_dir, keep=2)
+    save_fsdp(m, ctx, 1, seed=1)
+    target = shared_dir / "pwned"
+    folder = shared_dir / "step-00000001"
+    ctx.comm.barrier()
     if ctx.rank == 0:
-        assert "sharded/__" in capsys.readouterr().err   # the damaged file is named
+        meta = folder / "sharded" / ".metadata"
+        meta.write_bytes(_file_creating_pickle(str(target)))
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["files"]["sharded/.metadata"] = {"sha256": sha256_file(meta),
+                                                  "bytes": meta.stat().st_size}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    ctx.comm.barrier()
+    with pytest.raises(CheckpointError, match=rf"rank {ctx.rank}/{ctx.size}\] checkpoint load: "
+                       rf"could not read {folder / 'sharded'}: .*DCP metadata names "
+                       r"torch.distributed.checkpoint.filesystem.io.FileIO.*\(refused\)"):
+        load_plain(m)
+    ctx.comm.barrier()
+    assert not target.exists()
 
 
 def test_sharded_must_be_given_everywhere_and_exist(ctx, shared_dir):

@@ -32,7 +32,8 @@ class CheckpointBase:
     save interval, the signal to checkpoint on, and the counts the main job reports."""
 
     def __init__(self, directory: "str | Path | None", every: int, *, comm: Any, keep: int = 2,
-                 seed: int = 0, signals: Iterable["str | int"] = ("USR1",)) -> None:
+                 seed: int = 0, signals: Iterable["str | int"] = ("USR1",),
+                 resume: bool = False) -> None:
         self.comm = comm
         if int(every) < 0:
             raise InvalidArgumentError(f"every={every}: use N >= 0 steps (0: only when "
@@ -40,6 +41,10 @@ class CheckpointBase:
         # directory=None: the loop runs unchanged and nothing is saved (no --checkpoint-dir).
         self.manager = (CheckpointManager(directory, keep=keep, comm=comm)
                         if directory is not None else None)
+        if self.manager is not None and not resume:
+            # A new run never saves among an earlier run's checkpoints: pruning would mix
+            # the two, and a later resume (a SLURM requeue) could load the other run's.
+            self.manager.refuse_other_run("resume=True (--resume in the main job)")
         self.every = int(every) if self.manager is not None else 0
         self.seed = int(seed)
         self.signal = SignalFlag(signals) if signals and self.manager is not None else None
@@ -76,8 +81,10 @@ class CheckpointLoop(CheckpointBase, ABC):
     """The loop side of a checkpoint: ``epochs`` and ``batches`` (see TrainingCheckpoint)."""
 
     def __init__(self, directory: "str | Path | None", every: int, *, comm: Any, keep: int = 2,
-                 seed: int = 0, signals: Iterable["str | int"] = ("USR1",)) -> None:
-        super().__init__(directory, every, comm=comm, keep=keep, seed=seed, signals=signals)
+                 seed: int = 0, signals: Iterable["str | int"] = ("USR1",),
+                 resume: bool = False) -> None:
+        super().__init__(directory, every, comm=comm, keep=keep, seed=seed, signals=signals,
+                         resume=resume)
         self.sampler: Any = None  # set by the subclass: the loop's DistributedSampler
         self.step = 0            # optimizer steps done, over the whole run
         self.epoch = 1           # the epoch in progress
@@ -95,11 +102,13 @@ class CheckpointLoop(CheckpointBase, ABC):
         return self.comm.size
 
     def _after_step(self, carry: dict[str, torch.Tensor]) -> None:
-        """Save every ``every`` steps; on a signal every rank agreed on, save and exit 0."""
-        if self.every and self.step % self.every == 0:
+        """Save every ``every`` steps; on a signal every rank agreed on, save and exit 0.
+        Once per step: a signal at a periodic save's step exits after that save (a second
+        save of the same step would replace the first inside SLURM's grace window)."""
+        signalled = self.signal is not None and self.signal.agreed(self.comm)
+        if signalled or (self.every and self.step % self.every == 0):
             self.save(carry)
-        if self.signal is not None and self.signal.agreed(self.comm):
-            self.save(carry)
+        if signalled:
             self._exit(f"at step {self.step} on {self.signal.name}")
 
     # -- the loop ----------------------------------------------------------------------

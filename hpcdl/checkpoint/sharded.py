@@ -9,8 +9,8 @@ gloo or NCCL rendezvous is needed.
 Safety: DCP writes tensors it reads back with ``torch.load(weights_only=True)``,
 but its ``.metadata`` file is a plain pickle that stock DCP reads with
 ``pickle.load``. :class:`SafeReader` reads it with an unpickler that only
-resolves DCP's own metadata classes, ``torch.Size``, dtypes and plain
-containers, so a tampered checkpoint cannot name a callable to run.
+resolves an exact list of DCP's own metadata classes, ``torch.Size``, dtypes and
+plain containers, so a tampered checkpoint cannot name a callable to run.
 """
 
 from __future__ import annotations
@@ -26,28 +26,35 @@ from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import LoadItemType
 
-__all__ = ["save_sharded", "load_sharded", "SafeReader", "ensure_process_group"]
+__all__ = ["save_sharded", "load_sharded", "metadata_problem", "SafeReader",
+           "ensure_process_group"]
 
-_DCP_MODULES = ("torch.distributed.checkpoint.", "torch.distributed._shard.",
-                "torch.distributed.tensor.")
-_BUILTINS = {("builtins", n) for n in ("set", "frozenset", "slice", "object", "complex",
-                                       "bytearray", "getattr")} - {("builtins", "getattr")}
-_OTHERS = {("collections", "OrderedDict"), ("copyreg", "_reconstructor"),
-           ("copyreg", "__newobj__"), ("torch", "Size"), ("torch", "device"),
-           ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),  # the checkpoint_id
-           ("torch.serialization", "_get_layout")}  # layout by name, e.g. "torch.strided"
+# Exactly the globals DCP's metadata pickle names (torch 2.13: listed by unpickling the
+# .metadata of plain tensors, FSDP2 DTensors, flattened optimizer state and bytes values),
+# each an inert class or a lookup. Exact (module, name) pairs only: pickle protocol 4
+# resolves a dotted name ("io.FileIO") through a module's attributes, so allowing a
+# module prefix would allow whatever that module imported (io.FileIO creates files).
+_DCP_METADATA = "torch.distributed.checkpoint.metadata"
+_ALLOWED = {
+    *((_DCP_METADATA, n) for n in ("Metadata", "MetadataIndex", "StorageMeta",
+                                   "TensorProperties", "TensorStorageMetadata",
+                                   "ChunkStorageMetadata", "BytesStorageMetadata",
+                                   "_MEM_FORMAT_ENCODING")),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),   # a layout by name, e.g. "torch.strided"
+    ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),   # the checkpoint_id
+    ("collections", "OrderedDict"),
+}
 
 
 class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _BUILTINS or (module, name) in _OTHERS:
+        if (module, name) in _ALLOWED:
             return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+        if (module == "torch" and "." not in name
+                and isinstance(getattr(torch, name, None), torch.dtype)):
             return getattr(torch, name)
-        if module.startswith(_DCP_MODULES):
-            obj = super().find_class(module, name)
-            if isinstance(obj, type):   # classes only: constructing DCP metadata is inert
-                return obj
         raise pickle.UnpicklingError(f"DCP metadata names {module}.{name}, which a checkpoint "
                                      "has no business loading (refused)")
 
@@ -90,6 +97,17 @@ def save_sharded(state: dict[str, Any], folder: "str | Path") -> None:
     """Collective: DCP-save ``state`` (plain tensors, DTensors, nested dicts) into ``folder``."""
     ensure_process_group()
     dcp.save(state, checkpoint_id=str(folder))
+
+
+def metadata_problem(folder: "str | Path") -> str | None:
+    """Why ``folder``'s DCP index cannot be read safely, or None. Checked by every rank
+    before the collective ``dcp.load``, so that the ranks can agree on a refusal (DCP
+    itself reports it wrapped in every rank's traceback)."""
+    try:
+        SafeReader(str(folder)).read_metadata()
+        return None
+    except Exception as exc:  # noqa: BLE001 - a refusal, a truncated pickle, an OSError
+        return f"{type(exc).__name__}: {exc}"
 
 
 def load_sharded(state: dict[str, Any], folder: "str | Path") -> None:

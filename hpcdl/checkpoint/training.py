@@ -46,7 +46,7 @@ class TrainingCheckpoint(CheckpointLoop):
                  resume: bool = False, keep: int = 2, seed: int = 0,
                  signals: Iterable["str | int"] = ("USR1",), comm: Any = None) -> None:
         super().__init__(directory, every, comm=default_comm(comm), keep=keep, seed=seed,
-                         signals=signals)
+                         signals=signals, resume=resume)
         self.parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler,
                       "scaler": scaler}
         self.compression = compression

@@ -85,7 +85,7 @@ class PipelineCheckpoint(CheckpointLoop):
                  seed: int = 0, signals: Iterable["str | int"] = ("USR1",)) -> None:
         # DCP runs over the default group: every rank
         super().__init__(directory, every, comm=hpcdl.init().comm, keep=keep, seed=seed,
-                         signals=signals)
+                         signals=signals, resume=resume)
         self.grid = grid
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise InvalidArgumentError(f"optimizer is a {type(optimizer).__name__}: pass the "

@@ -59,7 +59,7 @@ class PReduceCheckpoint(CheckpointBase):
                  resume: bool = False, keep: int = 2, seed: int = 0,
                  signals: Iterable["str | int"] = ("USR1",), comm: Any = None) -> None:
         super().__init__(directory, every, comm=default_comm(comm), keep=keep, seed=seed,
-                         signals=signals)
+                         signals=signals, resume=resume)
         self.model, self.optimizer, self.stream = model, optimizer, stream
         self.extra = extra if extra is not None else {}
         self.session_state: dict[str, Any] | None = None   # for PReduce(state=)

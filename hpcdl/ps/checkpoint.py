@@ -57,7 +57,7 @@ class PSCheckpoint(CheckpointLoop):
                  comm: Any = None) -> None:
         # Servers catch the signal too: SIGUSR1's default action would kill them.
         super().__init__(directory, every, comm=default_comm(comm), keep=keep, seed=seed,
-                         signals=signals)
+                         signals=signals, resume=resume)
         self.exact = False
         self.ps: Any = None
         # Collective, and before the parameter server starts: workers wait inside setup()
