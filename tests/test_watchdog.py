@@ -4,6 +4,7 @@ rank named within timeout + 10 s while it makes no MPI call."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -70,7 +71,10 @@ def test_watched_comm_counts_and_computes(ctx, rng, dtype):
 
 
 def _launch(n: int, kind: str, seconds: float, timeout_env: str | None,
-            limit: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+            limit: float = 120, script: Path = JOBS,
+            extra_env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``script KIND SECONDS`` on n ranks; a job still running after ``limit`` seconds
+    (a hang) is killed, launcher and ranks alike, and its output returned (rc -9)."""
     hpcdl_cli = Path(sys.executable).parent / "hpcdl"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for k in [k for k in env if k.startswith(("OMPI_", "PMIX_", "PRTE_"))]:
@@ -78,11 +82,24 @@ def _launch(n: int, kind: str, seconds: float, timeout_env: str | None,
     env.pop("HPCDL_TIMEOUT", None)
     if timeout_env is not None:
         env["HPCDL_TIMEOUT"] = timeout_env
+    env.update(extra_env or {})
+    cmd = [str(hpcdl_cli), "launch", "-n", str(n), "--", "python", str(script), kind,
+           str(seconds)]
     start = time.monotonic()
-    done = subprocess.run([str(hpcdl_cli), "launch", "-n", str(n), "--", "python", str(JOBS),
-                           kind, str(seconds)], capture_output=True, text=True, timeout=limit,
-                          env=env)
-    return done, time.monotonic() - start
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=30)
+        err += f"\n(test: killed after {limit} s)"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), \
+        time.monotonic() - start
 
 
 @pytest.mark.spawns
@@ -120,3 +137,20 @@ def test_late_rank_without_timeout_still_finishes(timeout_env):
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert done.stdout.count("finished collective") == 4
     assert "watchdog" not in done.stderr
+
+
+@pytest.mark.spawns
+def test_sixteen_ranks_with_large_states_name_the_stall():
+    # 16 ranks (oversubscribed), 150 watched communicators each: a state that listed them
+    # all outgrew MPI's eager size, and 15 monitors answering each other with a blocking
+    # send deadlocked. Nonblocking answers of bounded size: the sleeping rank is named.
+    timeout = 10
+    done, _ = _launch(16, "many", 300, str(timeout), limit=240)
+    ended = time.time()
+    report = done.stdout + done.stderr
+    assert done.returncode != 0, report[-3000:]
+    assert "ranks that have not arrived: 15\n" in report, report[-3000:]
+    slept = float(report.split("sleeping since ")[1].split()[0])
+    print(f"job ended {ended - slept:.1f} s after rank 15 fell asleep (timeout {timeout} s)")
+    # 16 Python ranks on a shared 2-core machine: a wide margin for the answers
+    assert ended - slept <= timeout + 30, (ended - slept, report[-2000:])

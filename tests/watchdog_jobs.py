@@ -2,6 +2,8 @@
 
 * ``collective``: rank 2 (or the last rank) sleeps SECONDS before the 4th allreduce.
 * ``p2p``: rank 0 sleeps SECONDS before sending to rank 1, which waits in a receive.
+* ``many``: as ``collective``, after making 150 communicators (each rank's watchdog
+  state then lists them all, past MPI's eager size), with the last rank sleeping.
 """
 
 import sys
@@ -16,8 +18,14 @@ def main() -> None:
     kind, seconds = sys.argv[1], float(sys.argv[2])
     ctx = hpcdl.init()
     x = np.full(1024, ctx.rank + 1, np.float32)
-    if kind == "collective":
-        late = min(2, ctx.size - 1)
+    keep = []
+    if kind == "many":
+        # Dups of the watched communicator are watched too: 150 of them, each used once.
+        for _ in range(150):
+            keep.append(ctx.comm.mpi.Dup())
+            keep[-1].Barrier()
+    if kind in ("collective", "many"):
+        late = min(2, ctx.size - 1) if kind == "collective" else ctx.size - 1
         for _ in range(3):
             hpcdl.allreduce(x)
             x[:] = ctx.rank + 1

@@ -15,8 +15,16 @@ report on stderr such as::
       rank 2: last started Allreduce #8 on it; inside no MPI call; main thread at
       stall.py:14 in main
 
+A wait that is not an MPI call on a watched communicator (a polling loop, a
+request's wait) declares itself, so the watchdog sees it too::
+
+    with hpcdl.watchdog.waiting("ps.push_pull", comm, peers):   # peers: ranks of comm
+        ...
+
 How it works: :mod:`hpcdl.watchdog.comm` (the hook: a counting view of the
-mpi4py communicator) and :mod:`hpcdl.watchdog.monitor` (the per-rank thread).
+mpi4py communicator), :mod:`hpcdl.watchdog.waits` (declared waits),
+:mod:`hpcdl.watchdog.monitor` (the per-rank thread) and
+:mod:`hpcdl.watchdog.report` (who holds a stall up).
 """
 
 from __future__ import annotations
@@ -28,8 +36,10 @@ from typing import Any
 from ..errors import InvalidArgumentError, MismatchError
 from .comm import WatchedComm, watch
 from .monitor import Monitor
+from .waits import Wait, waiting
 
-__all__ = ["resolve_timeout", "watch", "start", "stop", "active", "WatchedComm"]
+__all__ = ["resolve_timeout", "watch", "start", "stop", "active", "WatchedComm", "waiting",
+           "Wait"]
 
 _MONITOR: Monitor | None = None
 
