@@ -4,9 +4,7 @@ rank named within timeout + 10 s while it makes no MPI call."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,8 +18,14 @@ from hpcdl.comm.mpi import MPICommunicator
 from hpcdl.errors import InvalidArgumentError
 from hpcdl.watchdog import resolve_timeout, watch
 from hpcdl.watchdog.comm import WatchedComm, world_ranks
+from job_launch import launch
 
 JOBS = Path(__file__).with_name("watchdog_jobs.py")
+
+
+def _launch(n: int, kind: str, seconds: float, timeout_env: str | None,
+            limit: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+    return launch(n, JOBS, kind, seconds, timeout_env, limit)
 
 
 def test_timeout_parsing(monkeypatch):
@@ -68,38 +72,6 @@ def test_watched_comm_counts_and_computes(ctx, rng, dtype):
         sub.Free()
     finally:
         w.Free()
-
-
-def _launch(n: int, kind: str, seconds: float, timeout_env: str | None,
-            limit: float = 120, script: Path = JOBS,
-            extra_env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
-    """Run ``script KIND SECONDS`` on n ranks; a job still running after ``limit`` seconds
-    (a hang) is killed, launcher and ranks alike, and its output returned (rc -9)."""
-    hpcdl_cli = Path(sys.executable).parent / "hpcdl"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for k in [k for k in env if k.startswith(("OMPI_", "PMIX_", "PRTE_"))]:
-        env.pop(k)  # a clean launch even when pytest itself runs under mpiexec
-    env.pop("HPCDL_TIMEOUT", None)
-    if timeout_env is not None:
-        env["HPCDL_TIMEOUT"] = timeout_env
-    env.update(extra_env or {})
-    cmd = [str(hpcdl_cli), "launch", "-n", str(n), "--", "python", str(script), kind,
-           str(seconds)]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
-        err += f"\n(test: killed after {limit} s)"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), \
-        time.monotonic() - start
 
 
 @pytest.mark.spawns

@@ -103,8 +103,8 @@ def describe(answer: dict[str, Any] | None, answer_s: float) -> str:
     elif "asked" in answer:
         parts.append("has not used this communicator")
     for i in answer["inside"]:
-        parts.append(f"thread {i['thread']} inside {i['op']} on world ranks {i['span']} "
-                     f"for {i['for_s']} s")
+        parts.append(f"thread {i['thread']} inside {i['op']} (on world ranks {i['span']}) "
+                     f"waiting for {span(i['peers'])} for {i['for_s']} s")
     if not answer["inside"]:
         parts.append("inside no MPI call or hpcdl wait")
     parts.append(f"main thread at {answer['main_at']}")
