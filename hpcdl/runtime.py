@@ -243,7 +243,7 @@ def init(comm: Any = None, timeout: float | None = None, *,
     works on its own Dup of it). Every call makes a new context, not the
     default one, and ``timeout`` and ``trace`` do not apply to it.
 
-    ``timeout`` (seconds; default ``$HPCDL_TIMEOUT``, unset or 0 = off) turns
+    ``timeout`` (seconds; default ``$HPCDL_TIMEOUT``, else 600; 0 = off) turns
     on the watchdog: an operation that waits that long ends the job naming the
     ranks it waits for (docs/fault-tolerance.md); ranks that pass different values
     get a MismatchError.

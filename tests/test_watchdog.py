@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mpi4py import MPI
 
 import hpcdl
+import hpcdl.watchdog
 from hpcdl.comm.mpi import MPICommunicator
 from hpcdl.errors import InvalidArgumentError
 from hpcdl.watchdog import resolve_timeout, watch
@@ -30,7 +30,9 @@ def _launch(n: int, kind: str, seconds: float, timeout_env: str | None,
 
 def test_timeout_parsing(monkeypatch):
     monkeypatch.delenv("HPCDL_TIMEOUT", raising=False)
-    assert resolve_timeout(None) == 0.0
+    assert resolve_timeout(None) == 600.0     # on by default, NCCL's 10 minutes
+    monkeypatch.setenv("HPCDL_TIMEOUT", "0")
+    assert resolve_timeout(None) == 0.0       # off
     assert resolve_timeout(7) == 7.0
     monkeypatch.setenv("HPCDL_TIMEOUT", "2.5")
     assert resolve_timeout(None) == 2.5
@@ -43,12 +45,34 @@ def test_timeout_parsing(monkeypatch):
             resolve_timeout(bad)
 
 
-@pytest.mark.skipif(bool(os.environ.get("HPCDL_TIMEOUT")), reason="HPCDL_TIMEOUT is set")
-def test_off_by_default_changes_nothing(ctx):
-    # Off means the code path of before: a plain mpi4py communicator, no thread.
-    assert type(ctx.comm.mpi) is MPI.Intracomm
-    assert type(ctx.local_comm.mpi) is MPI.Intracomm
-    assert not any(t.name == "hpcdl-watchdog" for t in threading.enumerate())
+@pytest.mark.skipif(os.environ.get("HPCDL_TIMEOUT") is not None, reason="HPCDL_TIMEOUT is set")
+def test_on_by_default(ctx):
+    assert hpcdl.watchdog.active() == 600.0
+    assert isinstance(ctx.comm.mpi, WatchedComm) and isinstance(ctx.local_comm.mpi, WatchedComm)
+    assert any(t.name == "hpcdl-watchdog" for t in threading.enumerate())
+
+
+@pytest.mark.spawns
+def test_default_and_off_in_a_fresh_job():
+    # Unset: on at 600 s. HPCDL_TIMEOUT=0: the code path of before (a plain mpi4py
+    # communicator, no thread).
+    done, _ = _launch(2, "default", 0, None)
+    assert done.returncode == 0 and done.stdout.count("watchdog 600 WatchedComm") == 2, \
+        (done.stdout + done.stderr)[-3000:]
+    done, _ = _launch(2, "default", 0, "0")
+    assert done.returncode == 0 and done.stdout.count("watchdog 0 Intracomm") == 2, \
+        (done.stdout + done.stderr)[-3000:]
+
+
+@pytest.mark.spawns
+def test_a_mismatched_collective_is_named():
+    # Rank 1 broadcasts while ranks 0 and 2 allreduce: without the watchdog every rank
+    # waits for ever (it is on by default; 5 s here to keep the test short).
+    done, _ = _launch(3, "mismatch", 0, "5")
+    report = done.stdout + done.stderr
+    assert done.returncode != 0, report[-3000:]
+    assert "MISMATCHED collective: this rank called Allreduce #" in report, report[-3000:]
+    assert "rank 1 called Bcast #" in report, report[-3000:]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64])

@@ -2,6 +2,8 @@
 
 * ``collective``: rank 2 (or the last rank) sleeps SECONDS before the 4th allreduce.
 * ``p2p``: rank 0 sleeps SECONDS before sending to rank 1, which waits in a receive.
+* ``mismatch``: after 3 allreduces rank 1 broadcasts while the others allreduce.
+* ``default``: prints the watchdog's timeout and the communicator's type, then ends.
 * ``many``: as ``collective``, after making 150 communicators (each rank's watchdog
   state then lists them all, past MPI's eager size), with the last rank sleeping.
 """
@@ -12,6 +14,7 @@ import time
 import numpy as np
 
 import hpcdl
+import hpcdl.watchdog
 
 
 def main() -> None:
@@ -35,6 +38,16 @@ def main() -> None:
         hpcdl.allreduce(x)
         expected = ctx.size * (ctx.size + 1) / 2
         assert np.all(x == expected), (x[:4], expected)
+    elif kind == "mismatch":
+        for _ in range(3):
+            hpcdl.allreduce(x)
+        if ctx.rank == 1:
+            hpcdl.broadcast(x, root=0)
+        else:
+            hpcdl.allreduce(x)
+    elif kind == "default":
+        print(f"rank {ctx.rank} watchdog {hpcdl.watchdog.active():g} "
+              f"{type(ctx.comm.mpi).__name__}", flush=True)
     elif kind == "p2p":
         if ctx.rank == 0:
             time.sleep(seconds)

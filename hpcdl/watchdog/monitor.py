@@ -248,6 +248,7 @@ class Monitor(threading.Thread):
     # -- the report ------------------------------------------------------------
     def _report_and_abort(self, stall: R.Stall) -> None:
         others = [r for r in stall.ranks if r != self.rank]
+        extra = ""
         if stall.collective:
             answers = self._ask_all(others, stall.key, time.monotonic() + ANSWER_S)
             if self._lower_waiter(answers, stall):
@@ -256,6 +257,10 @@ class Monitor(threading.Thread):
                 # follows. Meanwhile keep answering: it may be asking us right now.
                 self._serve_for(ANSWER_S + 2 * self.interval)
             missing = R.not_arrived(stall, answers, self.rank)
+            wrong = R.mismatched(stall, answers)
+            if wrong:
+                extra = (f"; MISMATCHED collective: this rank called {stall.what}, "
+                         + ", ".join(wrong))
         else:
             answers = self._follow(stall)
             missing = R.stalled_ranks(answers, self.rank)
@@ -263,7 +268,8 @@ class Monitor(threading.Thread):
                  else f"waiting for world ranks {R.span(stall.peers)}")
         lines = [f"[hpcdl rank {self.rank}/{self.size}] watchdog: {stall.what} {where} has "
                  f"waited {stall.waited:.1f} s (timeout {self.timeout:g} s, HPCDL_TIMEOUT); "
-                 f"ranks that have not arrived: {', '.join(map(str, missing)) or 'none found'}"]
+                 f"ranks that have not arrived: {', '.join(map(str, missing)) or 'none found'}"
+                 + extra]
         for r in sorted(answers):
             if r != self.rank:
                 lines.append(f"  rank {r}: {R.describe(answers[r], ANSWER_S)}")

@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Stall", "comm_key", "span", "describe", "not_arrived", "stalled_ranks",
+__all__ = ["Stall", "comm_key", "span", "describe", "not_arrived", "mismatched", "stalled_ranks",
            "MAX_PEERS"]
 
 MAX_PEERS = 64   # ranks listed per waiting thread in an answer (bounds the message size)
@@ -73,6 +73,17 @@ def not_arrived(stall: Stall, answers: dict[int, dict[str, Any]], me: int) -> li
         if mine is None or mine["seq"] < stall.seq:
             missing.append(r)
     return missing
+
+
+def mismatched(stall: Stall, answers: dict[int, dict[str, Any]]) -> list[str]:
+    """Collective: ranks that started call #seq as another operation (a broadcast where
+    this rank allreduces): both wait for ever, and none is late."""
+    out = []
+    for r, a in sorted(answers.items()):
+        mine = a["comm"] if a is not None else None
+        if mine is not None and mine["seq"] == stall.seq and mine["op"] != stall.op:
+            out.append(f"rank {r} called {mine['op']} #{stall.seq}")
+    return out
 
 
 def next_to_ask(answers: dict[int, dict[str, Any]], asked: set[int]) -> list[int]:
