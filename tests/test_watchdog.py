@@ -150,3 +150,32 @@ def test_sixteen_ranks_with_large_states_name_the_stall():
     print(f"job ended {ended - slept:.1f} s after rank 15 fell asleep (timeout {timeout} s)")
     # 16 Python ranks on a shared 2-core machine: a wide margin for the answers
     assert ended - slept <= timeout + 30, (ended - slept, report[-2000:])
+
+
+def test_declared_waits_and_the_wait_for_graph():
+    # The registry: the innermost open wait per thread, gone once the block ends.
+    from hpcdl.watchdog import report as R
+    from hpcdl.watchdog.waits import current_waits, waiting
+
+    me = threading.get_ident()
+    with waiting("outer", None, (3,)):
+        with waiting("inner", None, [1, 2]) as w:
+            assert current_waits()[me] is w and w.peers == (1, 2)
+            before = w.since
+            time.sleep(0.01)
+            w.progress()
+            assert w.since > before
+        assert current_waits()[me].op == "outer"
+    assert me not in current_waits()
+    # The walk: 0 waits for 2 (a server), 2 for 1 and 3 (workers); 3 waits for 2 again,
+    # 1 waits for nothing (asleep) and 4 never answered: 1 and 4 hold the job up.
+    inside = lambda *peers: {"inside": [{"peers": list(peers)}], "comm": None}
+    answers = {2: inside(1, 3), 3: inside(2), 1: {"inside": [], "comm": None}, 4: None}
+    assert R.next_to_ask({2: answers[2]}, {2}) == [1, 3]
+    assert R.stalled_ranks(answers, me=0) == [1, 4]
+    stall = R.Stall("Allreduce", "Allreduce #8", [0, 1, 2], [0, 1, 2], 8, True, "here", 6.0)
+    seqs = {1: {"comm": {"seq": 8, "op": "Bcast"}, "inside": []},
+            2: {"comm": {"seq": 7, "op": "Allreduce"}, "inside": []}}
+    assert R.not_arrived(stall, seqs, me=0) == [2]
+    assert R.mismatched(stall, seqs) == ["rank 1 called Bcast #8"]
+    assert R.comm_key([0, 1, 2]) == R.comm_key((0, 1, 2)) != R.comm_key([0, 2, 1])
