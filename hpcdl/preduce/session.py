@@ -139,8 +139,14 @@ class PReduce:
     def long_phase(self, what: str = "a long phase") -> Any:
         """Context manager around a long stretch between calls (evaluation, a checkpoint):
         the controller hears a heartbeat every quarter ``timeout``, so neither it nor the
-        ranks waiting in a full sync take this rank for a stuck one (hpcdl/heartbeat.py)."""
+        ranks waiting in a full sync take this rank for a stuck one (hpcdl/heartbeat.py).
+        After the session's stop (the last evaluation) there is nobody to tell: a no-op."""
+        import contextlib
+
         from ..heartbeat import LongPhase
+
+        if self.stopped:
+            return contextlib.nullcontext()
 
         def beat() -> list:
             return [self._ctl.Isend(bytearray(0), dest=0, tag=TAG_HEARTBEAT)]
