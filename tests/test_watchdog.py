@@ -160,7 +160,7 @@ def test_declared_waits_and_the_wait_for_graph():
     me = threading.get_ident()
     with waiting("outer", None, (3,)):
         with waiting("inner", None, [1, 2]) as w:
-            assert current_waits()[me] is w and w.peers == (1, 2)
+            assert current_waits()[me] is w and list(w.peers) == [1, 2]
             before = w.since
             time.sleep(0.01)
             w.progress()

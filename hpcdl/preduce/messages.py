@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["TAG_READY", "TAG_REPLY", "TAG_HEARTBEAT", "TAG_ALIVE", "Ready", "Reply", "GROUP", "SYNC", "STOP", "ERROR",
-           "FULL_SYNC_ERROR"]
+__all__ = ["TAG_READY", "TAG_REPLY", "TAG_HEARTBEAT", "TAG_ALIVE", "Ready", "Reply", "GROUP",
+           "SYNC", "STOP", "ERROR", "FULL_SYNC_ERROR"]
 
 TAG_READY = 101
 TAG_REPLY = 102

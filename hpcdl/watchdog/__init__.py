@@ -44,8 +44,8 @@ from .comm import WatchedComm, watch
 from .monitor import Monitor
 from .waits import Wait, waiting
 
-__all__ = ["DEFAULT_TIMEOUT_S", "resolve_timeout", "watch", "start", "stop", "active", "WatchedComm", "waiting",
-           "Wait"]
+__all__ = ["DEFAULT_TIMEOUT_S", "resolve_timeout", "watch", "start", "stop", "active",
+           "WatchedComm", "waiting", "Wait"]
 
 _MONITOR: Monitor | None = None
 

@@ -66,7 +66,15 @@ def _world(comm: Any, local: tuple[int, ...] | None) -> list[int]:
     ranks = world_ranks(comm if comm is not None else MPI.COMM_WORLD)
     if local is None:
         return list(ranks)
-    return [ranks[p] for p in local if isinstance(p, int) and 0 <= p < len(ranks)]
+    out = []
+    for p in local:
+        try:
+            p = int(p)
+        except (TypeError, ValueError):
+            continue   # MPI.ANY_SOURCE and the like name nobody
+        if 0 <= p < len(ranks):
+            out.append(ranks[p])
+    return out
 
 
 class Monitor(threading.Thread):
