@@ -250,7 +250,7 @@ def init(comm: Any = None, timeout: float | None = None, *,
     says so; ``init()`` on every rank first can); once running it watches every
     context's communicator, with the timeout it was started with.
 
-    ``timeout`` (seconds; default ``$HPCDL_TIMEOUT``, unset or 0 = off) turns
+    ``timeout`` (seconds; default ``$HPCDL_TIMEOUT``, else 600; 0 = off) turns
     on the watchdog: an operation that waits that long ends the job naming the
     ranks it waits for (docs/fault-tolerance.md); ranks that pass different values
     get a MismatchError.

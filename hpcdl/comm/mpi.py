@@ -13,6 +13,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import trace
+from ..watchdog.waits import waiting
 from ..buffers import Buffer
 from .base import UNDEFINED
 from ..errors import CommError, DtypeError
@@ -97,15 +98,18 @@ def _mpi_errors(name: str) -> Callable[[F], F]:
 
 
 class _MPIRequest:
-    __slots__ = ("req", "comm")
+    __slots__ = ("req", "comm", "peer", "op")
 
-    def __init__(self, req: MPI.Request, comm: "MPICommunicator") -> None:
+    def __init__(self, req: MPI.Request, comm: "MPICommunicator", peer: int, op: str) -> None:
         self.req = req
         self.comm = comm
+        self.peer = peer  # for the watchdog's report: whom this request waits for
+        self.op = op
 
     def wait(self) -> None:
         try:
-            self.req.Wait()
+            with waiting(f"wait after {self.op}", self.comm.mpi, (self.peer,)):
+                self.req.Wait()
         except MPI.Exception as exc:
             raise mpi_error(exc, self.comm, "wait") from exc
 
@@ -143,15 +147,16 @@ class MPICommunicator(CommState):
 
     @_mpi_errors("isend")
     def isend(self, buf: np.ndarray, dest: int, tag: int = 0) -> _MPIRequest:
-        return _MPIRequest(self.mpi.Isend(_spec(buf), dest, tag), self)
+        return _MPIRequest(self.mpi.Isend(_spec(buf), dest, tag), self, dest, "isend")
 
     @_mpi_errors("irecv")
     def irecv(self, buf: np.ndarray, source: int, tag: int = 0) -> _MPIRequest:
-        return _MPIRequest(self.mpi.Irecv(_spec(buf), source, tag), self)
+        return _MPIRequest(self.mpi.Irecv(_spec(buf), source, tag), self, source, "irecv")
 
     @_mpi_errors("waitall")
     def waitall(self, requests: Sequence[_MPIRequest]) -> None:
-        MPI.Request.Waitall([r.req for r in requests])
+        with waiting("waitall", self.mpi, [r.peer for r in requests]):
+            MPI.Request.Waitall([r.req for r in requests])
 
     # collectives ---------------------------------------------------------------
     @_mpi_errors("allreduce")

@@ -27,17 +27,30 @@ __all__ = ["BACKEND", "init_process_group", "DEFAULT_TIMEOUT_S"]
 #: The torch backend the pipeline runs over (env ``HPCDL_PIPELINE_BACKEND`` overrides).
 BACKEND = os.environ.get("HPCDL_PIPELINE_BACKEND", "hpcdl")
 
-#: Every send/recv of a stage waits at most this long (a dead peer must not hang the job).
-DEFAULT_TIMEOUT_S = float(os.environ.get("HPCDL_PIPELINE_TIMEOUT", "300"))
+#: Every send/recv of a stage waits at most this long (a dead peer must not hang the job),
+#: unless ``HPCDL_PIPELINE_TIMEOUT`` (read at each init_process_group) says otherwise.
+DEFAULT_TIMEOUT_S = 300.0
 
 
-def init_process_group(backend: str | None = None,
-                       timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
+def init_process_group(backend: str | None = None, timeout_s: float | None = None) -> str:
     """Start torch.distributed on the ranks of ``hpcdl.init()`` (once; later calls check).
 
-    Returns the backend in use. Collective over the world communicator.
+    ``timeout_s`` (default ``HPCDL_PIPELINE_TIMEOUT``, else 300) bounds every wait of
+    the group, with either backend. Returns the backend in use. Collective over the
+    world communicator.
     """
     ctx = hpcdl.init()
+    if timeout_s is None:
+        raw = os.environ.get("HPCDL_PIPELINE_TIMEOUT", "").strip()
+        try:
+            timeout_s = float(raw) if raw else DEFAULT_TIMEOUT_S
+        except ValueError:
+            raise InvalidArgumentError(f"HPCDL_PIPELINE_TIMEOUT={raw!r} is not a number of "
+                                       "seconds", rank=ctx.rank, op="pipeline.init_process_group"
+                                       ) from None
+    if not timeout_s > 0:
+        raise InvalidArgumentError(f"timeout_s={timeout_s!r}: use seconds > 0", rank=ctx.rank,
+                                   op="pipeline.init_process_group")
     backend = backend or BACKEND
     if dist.is_initialized():
         if dist.get_world_size() != ctx.size or dist.get_rank() != ctx.rank:

@@ -34,7 +34,8 @@ from typing import Any
 
 from ..errors import CommError
 from .connectivity import Connectivity
-from .messages import ERROR, FULL_SYNC_ERROR, GROUP, STOP, SYNC, TAG_READY, TAG_REPLY, Ready, Reply
+from .messages import (ERROR, FULL_SYNC_ERROR, GROUP, STOP, SYNC, TAG_ALIVE, TAG_HEARTBEAT,
+                       TAG_READY, TAG_REPLY, Ready, Reply)
 
 __all__ = ["Deadline", "Controller"]
 
@@ -118,26 +119,49 @@ class Controller:
             MPI.Request.Waitall(self._reqs)
 
     def _loop(self) -> None:
+        from ..watchdog import waiting
+
+        # Declared to the watchdog: waiting for the ranks still computing (not held, not
+        # in the open group); only silence counts.
+        with waiting("preduce controller", self.comm) as wait:
+            self._poll(wait)
+
+    def _waited_for(self) -> list[int]:
+        busy = set(self.held) | set(self.open)
+        return [r for r in range(self.n) if r not in busy]
+
+    def _poll(self, wait: Any) -> None:
         from mpi4py import MPI
 
         status = MPI.Status()
         last = time.monotonic()
+        wait.set_peers(self._waited_for())
         while not self.done:
             got = False
             while not self.done and self.comm.Iprobe(MPI.ANY_SOURCE, TAG_READY, status):
                 msg = self.comm.recv(source=status.Get_source(), tag=TAG_READY)
                 self._on_ready(Ready(*msg))
                 got = True
+            while not self.done and self.comm.Iprobe(MPI.ANY_SOURCE, TAG_HEARTBEAT, status):
+                self.comm.Recv(bytearray(0), source=status.Get_source(), tag=TAG_HEARTBEAT)
+                # A rank in a long phase is alive: not silence. The held ranks wait on it
+                # (a full sync): their own timers start again too.
+                for r in set(self.held) | set(self.open):
+                    self._reqs.append(self.comm.Isend(bytearray(0), dest=r, tag=TAG_ALIVE))
+                got = True
             now = time.monotonic()
             if got:
                 last = now
+                wait.progress()
+                wait.set_peers(self._waited_for())
             if self.open and now - self.open_at >= self.deadline.value:
                 self._close_group("deadline")
             elif not got and not self.done:
                 if now - last > self.timeout:
-                    raise CommError(f"no rank reported ready for {self.timeout:.0f} s "
-                                    f"({self.n - len(self.held) - len(self.open)} rank(s) "
-                                    "still computing)", rank=0, op="preduce controller")
+                    raise CommError(f"no rank reported ready for {self.timeout:g} s; ranks "
+                                    f"still computing: {self._waited_for()} (stuck outside "
+                                    "the session's calls and long_phase?)", rank=0,
+                                    op="preduce controller")
                 time.sleep(self.poll)
             if len(self._reqs) > 64:
                 self._reqs = [q for q in self._reqs if not q.Test()]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["TAG_READY", "TAG_REPLY", "Ready", "Reply", "GROUP", "SYNC", "STOP", "ERROR",
-           "FULL_SYNC_ERROR"]
+__all__ = ["TAG_READY", "TAG_REPLY", "TAG_HEARTBEAT", "TAG_ALIVE", "Ready", "Reply", "GROUP",
+           "SYNC", "STOP", "ERROR", "FULL_SYNC_ERROR"]
 
 TAG_READY = 101
 TAG_REPLY = 102
+TAG_HEARTBEAT = 103   # worker -> controller, empty: "in a long phase, alive" (long_phase)
+TAG_ALIVE = 104       # controller -> a waiting worker, empty: "a rank you wait for is alive"
 
 GROUP, SYNC, STOP, ERROR = "group", "sync", "stop", "error"
 FULL_SYNC_ERROR = "full sync: "  # an ERROR reply starting so ends the session

@@ -25,10 +25,12 @@ from ..comm.mpi import MPICommunicator
 from ..errors import CommError, InvalidArgumentError, MismatchError
 from ..ops import dtype_name
 from ..runtime import default_comm
+from ..watchdog import waiting
 from .connectivity import default_max_groups
 from .controller import Controller, Deadline
 from .groups import GroupAverager
-from .messages import ERROR, FULL_SYNC_ERROR, GROUP, STOP, TAG_READY, TAG_REPLY, Ready, Reply
+from .messages import (ERROR, FULL_SYNC_ERROR, GROUP, STOP, TAG_ALIVE, TAG_HEARTBEAT, TAG_READY,
+                       TAG_REPLY, Ready, Reply)
 
 __all__ = ["PReduce", "Reply"]
 
@@ -135,6 +137,23 @@ class PReduce:
             reply = self._receive(x, self._wait_reply())
         return reply
 
+    def long_phase(self, what: str = "a long phase") -> Any:
+        """Context manager around a long stretch between calls (evaluation, a checkpoint):
+        the controller hears a heartbeat every quarter ``timeout``, so neither it nor the
+        ranks waiting in a full sync take this rank for a stuck one (hpcdl/heartbeat.py).
+        After the session's stop (the last evaluation) there is nobody to tell: a no-op."""
+        import contextlib
+
+        from ..heartbeat import LongPhase
+
+        if self.stopped:
+            return contextlib.nullcontext()
+
+        def beat() -> list:
+            return [self._ctl.Isend(bytearray(0), dest=0, tag=TAG_HEARTBEAT)]
+
+        return LongPhase(beat, self.timeout / 4, what)
+
     def __enter__(self) -> "PReduce":
         return self
 
@@ -175,9 +194,17 @@ class PReduce:
     def _wait_reply(self) -> Reply:
         from mpi4py import MPI
 
+        with waiting("preduce reply", self._ctl, (0,)):   # seen by the watchdog
+            self._poll_reply()
+        return Reply(*self._ctl.recv(source=0, tag=TAG_REPLY, status=MPI.Status()))
+
+    def _poll_reply(self) -> None:
         start = time.monotonic()
         spins = 0
         while not self._ctl.Iprobe(0, TAG_REPLY):
+            if self._ctl.Iprobe(0, TAG_ALIVE):   # a rank we wait for is in a long phase
+                self._ctl.Recv(bytearray(0), source=0, tag=TAG_ALIVE)
+                start = time.monotonic()
             ctl = self.controller
             if ctl is not None and ctl.error is not None:  # ended cleanly: its stop is in flight
                 raise CommError(f"the controller thread failed: {ctl.error!r}", rank=self.rank,
@@ -188,7 +215,6 @@ class PReduce:
             spins += 1
             if spins > 20:  # a reply usually comes within microseconds; then stop burning a core
                 time.sleep(0.0002)
-        return Reply(*self._ctl.recv(source=0, tag=TAG_REPLY, status=MPI.Status()))
 
     def _finish(self) -> None:
         self.stopped = True

@@ -142,7 +142,11 @@ def _start(roles: Any, params: Any, optimizer: Any, mode: str, staleness: int, s
                 for i in range(plan.num_servers)]
         reqs = [roles.mpi.Isend([b.view(np.uint8), MPI.BYTE], s, TAG_INIT)
                 for b, s in zip(bufs, roles.servers)]
-        if not poll(lambda: MPI.Request.Testall(reqs), timeout):
+        from ..watchdog import waiting
+
+        with waiting("ps.setup", roles.mpi, roles.servers):
+            arrived = poll(lambda: MPI.Request.Testall(reqs), timeout)
+        if not arrived:
             raise PSTimeoutError(f"servers {list(roles.servers)} did not take the initial "
                                  f"parameters within {timeout} s", rank=rank, size=size,
                                  op="ps.setup")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["TAG_REQUEST", "TAG_PUSH_DATA", "TAG_REPLY", "TAG_REPLY_DATA", "TAG_ERROR",
-           "TAG_ERROR_TEXT", "TAG_INIT", "TAG_SAVED", "PUSH", "PULL", "DONE", "SAVE",
+           "TAG_ERROR_TEXT", "TAG_INIT", "TAG_SAVED", "TAG_ALIVE", "PUSH", "PULL", "DONE", "SAVE",
+           "HEARTBEAT",
            "HEADER_LEN", "header",
            "encode_text", "decode_text", "PSError", "PSTimeoutError", "poll"]
 
@@ -26,9 +27,12 @@ TAG_ERROR = 7105        # either way: header saying an error text follows
 TAG_ERROR_TEXT = 7106   # either way: the error text (utf-8)
 TAG_INIT = 7107         # first worker -> server at setup: the initial parameter shard
 TAG_SAVED = 7108        # server -> worker: header, "quiesced, saving checkpoint <step> now"
+TAG_ALIVE = 7109        # server -> waiting worker: a worker you wait for is alive, in a long phase
 
 # SAVE (checkpoint.py): header [SAVE, clock, step, 0, rank, stop after saving (0/1), 0]
-PUSH, PULL, DONE, SAVE = 1, 2, 3, 4
+# HEARTBEAT (hpcdl/heartbeat.py): header [HEARTBEAT, clock, 0, 0, rank, 0, 0], "in a long
+# phase (evaluation, checkpoint), alive": the server's silence timer starts again.
+PUSH, PULL, DONE, SAVE, HEARTBEAT = 1, 2, 3, 4, 5
 
 # [kind, clock, payload elements, compressed (0/1), rank of the sender, spare, save_at]
 # Requests use ``spare`` for "this worker was signalled" (PUSH) or "stop after saving"
@@ -64,14 +68,16 @@ class PSTimeoutError(PSError, TimeoutError):
 def poll(test: "callable", timeout: float, on_idle: "callable | None" = None) -> bool:
     """Call ``test()`` until it returns True, sleeping a little longer each idle round
     (up to 1 ms) so waiting ranks leave the cores to ranks that compute; ``on_idle``
-    runs each round (error checks). False once ``timeout`` seconds have passed."""
+    runs each round (error checks; when it returns True a peer said it is alive, and
+    the ``timeout`` counts again from then). False once ``timeout`` seconds of silence
+    have passed."""
     import time
 
     deadline = time.monotonic() + timeout
     idle = 0
     while not test():
-        if on_idle is not None:
-            on_idle()
+        if on_idle is not None and on_idle():
+            deadline = time.monotonic() + timeout
         if time.monotonic() > deadline:
             return False
         idle += 1

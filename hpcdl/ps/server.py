@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 from mpi4py import MPI
 
+from ..watchdog import waiting
 from . import protocol as P
 from .quiesce import Quiesce
 from .roles import Roles
@@ -67,7 +68,9 @@ class Server(Quiesce):
         self.meta: dict[str, Any] = dict(store.meta) if store.reopened else {"steps": 0}
         init = np.empty(n, plan.dtype)
         req = self.comm.Irecv([init.view(np.uint8), MPI.BYTE], roles.first_worker, P.TAG_INIT)
-        if not P.poll(req.Test, timeout):
+        with waiting("ps.setup", self.comm, [roles.first_worker]):
+            arrived = P.poll(req.Test, timeout)
+        if not arrived:
             req.Cancel()
             raise P.PSTimeoutError(f"no initial parameters from worker rank "
                                    f"{roles.first_worker} within {timeout} s", rank=roles.rank,
@@ -214,6 +217,13 @@ class Server(Quiesce):
                 self._advance()
         elif kind == P.SAVE:
             self._on_save_request(src, clock, count, int(hdr[5]))
+        elif kind == P.HEARTBEAT:
+            # The workers held for a reply may be waiting on this one: restart their
+            # silence timers too.
+            alive = P.header(P.HEARTBEAT, clock, 0, 0, src)
+            for w in self.waiting:
+                self.outgoing.append((self.comm.Isend([alive, MPI.INT64_T], w, P.TAG_ALIVE),
+                                      alive))
         elif kind == P.PUSH:
             if hdr[5]:
                 self._on_signalled()
@@ -277,6 +287,26 @@ class Server(Quiesce):
         self._snap_version = -1
         self._snap = self.params
         start = time.perf_counter()
+        # Declared to the watchdog: waiting for the workers not done; only silence counts.
+        with waiting("ps.serve", self.comm, workers) as wait:
+            self._loop(workers, signal, wait)
+        self.stats["seconds"] = time.perf_counter() - start
+        self.stats["applied_clocks"] = self.applied
+        self.store.commit(self.meta)
+        self.roles.free()  # every worker is done: nothing more can arrive
+        return self.stats
+
+    def close(self) -> None:
+        """Close the store and free the communicators ``setup`` made (idempotent)."""
+        self.store.close()
+        self.roles.free()
+
+    def _waited_for(self, workers: list[int]) -> list[int]:
+        """The workers not done and not held waiting for a reply (all not done if none)."""
+        busy = [w for w in workers if not self.done[w]]
+        return [w for w in busy if w not in self.waiting] or busy
+
+    def _loop(self, workers: list[int], signal: Any, wait: Any) -> None:
         status = MPI.Status()
         idle = 0
         last_activity = time.monotonic()
@@ -294,20 +324,12 @@ class Server(Quiesce):
                 break
             if progressed:
                 idle, last_activity = 0, time.monotonic()
+                wait.progress()
+                wait.set_peers(self._waited_for(workers))
                 continue
             if time.monotonic() - last_activity > self.timeout:
-                silent = [w for w in workers if not self.done[w]]
                 self._fail(f"server {self.index} heard nothing for {self.timeout} s; workers "
-                           f"not done: ranks {silent} (crashed, or stuck outside push_pull?)")
+                           f"it waits for: ranks {self._waited_for(workers)} (crashed, or stuck "
+                           "outside push_pull and long_phase?)")
             idle += 1
             time.sleep(0 if idle < 20 else min(1e-3, 2e-5 * (idle - 19)))
-        self.stats["seconds"] = time.perf_counter() - start
-        self.stats["applied_clocks"] = self.applied
-        self.store.commit(self.meta)
-        self.roles.free()  # every worker is done: nothing more can arrive
-        return self.stats
-
-    def close(self) -> None:
-        """Close the store and free the communicators ``setup`` made (idempotent)."""
-        self.store.close()
-        self.roles.free()

@@ -76,6 +76,11 @@ class ParameterServer:
         """Load the servers' current parameters into the model (e.g. before evaluating)."""
         self._load(self.ps.pull())
 
+    def long_phase(self, what: str = "a long phase") -> Any:
+        """Workers: a block without pushes (evaluation, checkpoint) that the servers must
+        not take for a stuck worker (:meth:`hpcdl.ps.worker.Worker.long_phase`)."""
+        return self.ps.long_phase(what)
+
     @property
     def clock(self) -> int:
         return self.ps.clock

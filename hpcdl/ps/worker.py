@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 from mpi4py import MPI
 
+from ..watchdog import waiting
 from . import protocol as P
 from .roles import Roles
 from .sharding import ShardPlan
@@ -65,8 +66,15 @@ class Worker:
         self.closed = True
         raise P.PSError(message, rank=self.rank, size=self.roles.size, op="ps.push")
 
-    def _check_error(self) -> None:
+    def _check_error(self) -> bool:
+        """Raise what a server reported; True when a server said a worker this one waits
+        for is alive in a long phase (the wait's timeout counts again)."""
         st = MPI.Status()
+        alive = False
+        while self.comm.Iprobe(MPI.ANY_SOURCE, P.TAG_ALIVE, st):
+            self.comm.Recv([np.empty(P.HEADER_LEN, np.int64), MPI.INT64_T], st.Get_source(),
+                           P.TAG_ALIVE)
+            alive = True
         if self.comm.Iprobe(MPI.ANY_SOURCE, P.TAG_ERROR, st):
             src = st.Get_source()
             self.comm.Recv([np.empty(P.HEADER_LEN, np.int64), MPI.INT64_T], src, P.TAG_ERROR)
@@ -76,6 +84,7 @@ class Worker:
             self.closed = True
             raise P.PSError(f"server rank {src} ended the job: {P.decode_text(text)}",
                             rank=self.rank, size=self.roles.size, op="ps.push_pull")
+        return alive
 
     def _check(self, grads: Mapping[str, Any]) -> dict[str, np.ndarray]:
         missing = [n for n in self.plan.names if n not in grads]
@@ -100,11 +109,13 @@ class Worker:
                             op=op)
         self._check_error()
 
-    def _wait_all(self, reqs: list) -> bool:
+    def _wait_all(self, reqs: list, op: str = "ps.push_pull") -> bool:
         """Wait for every request in ``reqs`` (False: ``timeout`` ran out), watching for
         a server's error report; on one, cancel them before raising it."""
         try:
-            return P.poll(lambda: MPI.Request.Testall(reqs), self.timeout, self._check_error)
+            with waiting(op, self.comm, self.roles.servers):   # seen by the watchdog
+                return P.poll(lambda: MPI.Request.Testall(reqs), self.timeout,
+                              self._check_error)
         except P.PSError:
             for r in reqs:
                 if r != MPI.REQUEST_NULL:
@@ -174,7 +185,7 @@ class Worker:
         for s in self.roles.servers:
             self.comm.Send([P.header(P.SAVE, self.clock, step, 0, self.rank, int(stop)),
                             MPI.INT64_T], s, P.TAG_REQUEST)
-        ok = self._wait_all(reqs)
+        ok = self._wait_all(reqs, "ps.checkpoint")
         if not ok:
             late = [s for s, r in zip(self.roles.servers, reqs) if not r.Test()]
             raise P.PSTimeoutError(f"server ranks {late} did not start checkpoint {step} within "
@@ -186,6 +197,21 @@ class Worker:
                       f"step) answered {wrong}")
         if self.save_at and self.clock >= self.save_at:
             self.save_at = 0
+
+    def long_phase(self, what: str = "a long phase") -> Any:
+        """Context manager around a long stretch without pushes (evaluation, a checkpoint):
+        the servers hear a heartbeat every quarter ``timeout``, so they (and the workers
+        waiting on this one) do not take it for a stuck rank (hpcdl/heartbeat.py)."""
+        from ..heartbeat import LongPhase
+
+        self._check_open("ps.long_phase")
+
+        def beat() -> list:
+            hdr = P.header(P.HEARTBEAT, self.clock, 0, 0, self.rank)
+            return [self.comm.Isend([hdr, MPI.INT64_T], s, P.TAG_REQUEST)
+                    for s in self.roles.servers]
+
+        return LongPhase(beat, self.timeout / 4, what)
 
     def close(self) -> None:
         """Tell every server this worker is done (no more pushes), then free the

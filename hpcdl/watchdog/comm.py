@@ -109,16 +109,23 @@ class WatchedComm(MPI.Intracomm):
                             ("Sendrecv", (1, 4), ("dest", "source")),
                             ("Isend", (1,), ("dest",)), ("Irecv", (1,), ("source",))):
         locals()[_name] = _p2p(_name, _at, _kw)
-    for _name in ("Split", "Split_type", "Dup", "Create"):
+    for _name in ("Split", "Split_type", "Dup", "Create", "Create_group"):
         locals()[_name] = _derived(_name)
     del _name, _at, _kw
 
 
 def watch(comm: Any) -> Any:
     """``comm`` as a :class:`WatchedComm` (same MPI handle), registered with the monitor."""
-    if comm is None or comm == MPI.COMM_NULL or isinstance(comm, WatchedComm):
+    if comm is None or comm == MPI.COMM_NULL:
         return comm
-    w = WatchedComm(comm)
+    if isinstance(comm, WatchedComm):
+        if hasattr(comm, "wd_seq"):
+            return comm
+        # mpi4py's Dup/Split/Create_group of a WatchedComm return a new WatchedComm
+        # (type(self)) with its slots empty: fill them and register it.
+        w = comm
+    else:
+        w = WatchedComm(comm)
     w.wd_seq = w.wd_p2p = 0
     w.wd_op = "(none yet)"
     w.wd_peer = ()
@@ -147,13 +154,9 @@ def world_ranks(comm: MPI.Comm) -> tuple[int, ...]:
 
 
 def _codes() -> frozenset:
-    codes = {f.__code__ for f in vars(WatchedComm).values() if hasattr(f, "__code__")}
-    from ..comm import mpi as hmpi
-
-    # The blocking waits of the nonblocking point-to-point calls (ring algorithms).
-    codes.add(hmpi._MPIRequest.wait.__code__)
-    codes.add(hmpi.MPICommunicator.waitall.__wrapped__.__code__)  # type: ignore[attr-defined]
-    return frozenset(codes)
+    # hpcdl's other waits (request waits, polling loops) declare themselves instead
+    # (watchdog/waits.py): they carry what they wait for, which a frame does not.
+    return frozenset(f.__code__ for f in vars(WatchedComm).values() if hasattr(f, "__code__"))
 
 
 WATCHED_CODES = _codes()

@@ -1,29 +1,34 @@
-"""The watchdog's monitor thread: notice a stalled operation, ask the others, abort.
+"""The watchdog's monitor thread: notice a stalled wait, ask the others, abort.
 
 One daemon thread per rank wakes every ``interval`` seconds and does two things.
 
-* **Notice.** It samples every thread's innermost frame
-  (``sys._current_frames()``). A thread whose innermost frame is a
-  :class:`~hpcdl.watchdog.comm.WatchedComm` method (or hpcdl's request waits) is
-  inside MPI; the *same* frame object seen for ``timeout`` seconds is one
-  operation that has waited that long (a frame object held by the monitor is
-  never reused for a later call, so identity means "the same call").
+* **Notice.** A thread is waiting when its innermost frame is a
+  :class:`~hpcdl.watchdog.comm.WatchedComm` method (inside MPI; the *same*
+  frame object seen for ``timeout`` seconds is one call that has waited that
+  long: a frame the monitor holds is never reused for a later call) or when it
+  declared a wait (:func:`hpcdl.watchdog.waiting`: the parameter server's and
+  P-Reduce's polling loops, request waits, the torch backend's ``Work.wait``),
+  which carries its own start time.
 * **Answer.** It keeps a receive posted on the watchdog's own ``Dup`` of
-  ``COMM_WORLD`` and answers "what are you doing?" with this rank's state: per
-  communicator the sequence number and last operation, which threads are inside
-  MPI and for how long, and where the main thread is.
+  ``COMM_WORLD`` and answers "what are you doing?" with this rank's state: the
+  asked communicator's sequence number and last operation, which threads wait
+  and for whom, and where the main thread is.
 
-Why a query and not a heartbeat: nothing is sent while all is well (a
-heartbeat costs messages, and under oversubscription a late heartbeat reads as
-a stall), and the answer comes from the stalled rank's *monitor* thread, which
-runs while its main thread sleeps, loops in Python (the GIL is handed over every
-5 ms) or waits in I/O, i.e. while that rank makes no MPI call at all. A rank
-that cannot answer within ``ANSWER_S`` (dead, or stuck in C code holding the
-GIL) is reported as "no answer".
+Why a query and not a heartbeat: nothing is sent while all is well, and the
+answer comes from the stalled rank's *monitor* thread, which runs while its
+main thread sleeps, loops in Python or waits in I/O, i.e. while that rank
+makes no MPI call at all. A rank that cannot answer within ``ANSWER_S`` (dead,
+or stuck in C code holding the GIL) is reported as "no answer".
 
-On a stall the monitor asks the ranks of the stalled communicator, writes one
-report naming the operation, its sequence number, the ranks that have not
-arrived and what each was last doing, and calls ``MPI_Abort`` on
+Every send is nonblocking and kept in a list that each round tests: two
+monitors that ask each other at once (every rank of a stalled collective
+notices it together) must not both block in a send the other never receives,
+which a blocking send past the eager size does. An answer is bounded
+(report.MAX_PEERS ranks per waiting thread, one communicator's entry), so it
+does not grow with the job.
+
+On a stall the monitor writes one report naming the operation, the ranks that
+hold it up and what each was doing (report.py), and calls ``MPI_Abort`` on
 ``COMM_WORLD``. It needs ``MPI_THREAD_MULTIPLE`` (mpi4py's default).
 """
 
@@ -39,12 +44,15 @@ from typing import Any
 
 from mpi4py import MPI
 
+from . import report as R
 from .comm import WATCHED_CODES, watched_comms, world_ranks
+from .waits import Wait, current_waits
 
 __all__ = ["Monitor", "ANSWER_S"]
 
 ANSWER_S = 5.0        # how long a stalled rank waits for the others' answers
 _TAG_ASK, _TAG_ANSWER = 1, 2
+_ASK_BYTES = 64       # a question is a communicator key (report.comm_key) or empty
 
 
 def _where(frame: FrameType | None) -> str:
@@ -53,13 +61,20 @@ def _where(frame: FrameType | None) -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
 
 
-def _comm_of(frame: FrameType) -> Any:
-    """The watched mpi4py communicator a watched frame is operating on."""
-    owner = frame.f_locals.get("self")
-    if isinstance(owner, MPI.Comm):
-        return owner
-    owner = getattr(owner, "comm", owner)   # _MPIRequest.wait -> its MPICommunicator
-    return getattr(owner, "mpi", None)
+def _world(comm: Any, local: tuple[int, ...] | None) -> list[int]:
+    """World ranks of ``local`` ranks of ``comm`` (all of them for None)."""
+    ranks = world_ranks(comm if comm is not None else MPI.COMM_WORLD)
+    if local is None:
+        return list(ranks)
+    out = []
+    for p in local:
+        try:
+            p = int(p)
+        except (TypeError, ValueError):
+            continue   # MPI.ANY_SOURCE and the like name nobody
+        if 0 <= p < len(ranks):
+            out.append(ranks[p])
+    return out
 
 
 class Monitor(threading.Thread):
@@ -74,7 +89,8 @@ class Monitor(threading.Thread):
         self.size = channel.Get_size()
         self._halt = threading.Event()
         self._seen: dict[int, tuple[FrameType, float]] = {}   # thread id -> (frame, since)
-        self._ask_buf = bytearray(8)
+        self._pending: list[tuple[MPI.Request, bytes]] = []   # sends not known complete
+        self._ask_buf = bytearray(_ASK_BYTES)
         self._ask = channel.Irecv(self._ask_buf, MPI.ANY_SOURCE, _TAG_ASK)
 
     # -- the loop --------------------------------------------------------------
@@ -83,7 +99,7 @@ class Monitor(threading.Thread):
             self._serve()
             stalled = self._sample()
             if stalled is not None:
-                self._report_and_abort(*stalled)
+                self._report_and_abort(stalled)
                 return
 
     def stop(self) -> None:
@@ -96,10 +112,16 @@ class Monitor(threading.Thread):
             self._ask.Wait()
         except MPI.Exception:
             pass
+        # Answers to an asker that has gone: give them a moment, then let them be.
+        deadline = time.monotonic() + 1.0
+        while self._pending and time.monotonic() < deadline:
+            self._flush()
+            time.sleep(0.01)
 
-    def _sample(self) -> tuple[int, FrameType, float] | None:
+    def _sample(self) -> R.Stall | None:
         now = time.monotonic()
         frames = sys._current_frames()
+        declared = current_waits()
         me = threading.get_ident()
         seen: dict[int, tuple[FrameType, float]] = {}
         for tid, frame in frames.items():
@@ -111,41 +133,85 @@ class Monitor(threading.Thread):
         self._seen = seen
         for tid, (frame, since) in seen.items():
             if now - since >= self.timeout:
-                return tid, frame, now - since
+                return self._frame_stall(frame, now - since)
+        for tid, wait in declared.items():
+            if tid != me and tid not in seen and now - wait.since >= self.timeout:
+                return self._declared_stall(wait, frames.get(tid), now - wait.since)
         return None
 
+    def _frame_stall(self, frame: FrameType, waited: float) -> R.Stall:
+        comm = frame.f_locals.get("self")
+        ranks = list(world_ranks(comm))
+        op = comm.wd_op
+        if op in R.P2P_OPS:
+            peers = _world(comm, tuple(p for p in comm.wd_peer if isinstance(p, int)
+                                       and p >= 0)) or [r for r in ranks if r != self.rank]
+            what = f"{op} (point-to-point call #{comm.wd_p2p})"
+            return R.Stall(op, what, ranks, peers, -1, False, _where(frame.f_back), waited)
+        return R.Stall(op, f"{op} #{comm.wd_seq}", ranks, ranks, comm.wd_seq, True,
+                       _where(frame.f_back), waited)
+
+    def _declared_stall(self, wait: Wait, frame: FrameType | None, waited: float) -> R.Stall:
+        ranks = _world(wait.comm, None)
+        peers = _world(wait.comm, wait.peers)
+        return R.Stall(wait.op, wait.op, ranks, peers, -1, False, _where(frame), waited)
+
     # -- answering -------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """What this rank is doing, as sent to a rank that asks."""
+    def state(self, key: str = "") -> dict[str, Any]:
+        """What this rank is doing, as sent to a rank that asks about communicator ``key``."""
         now = time.monotonic()
-        comms = [{"ranks": list(world_ranks(c)), "seq": c.wd_seq, "p2p": c.wd_p2p,
-                  "op": c.wd_op} for c in watched_comms()]
+        comm = None
+        if key:
+            for c in watched_comms():
+                if R.comm_key(world_ranks(c)) == key:
+                    comm = {"seq": c.wd_seq, "p2p": c.wd_p2p, "op": c.wd_op}
+                    break
         inside = []
         names = {t.ident: t.name for t in threading.enumerate()}
         for tid, (frame, since) in self._seen.items():
-            c = _comm_of(frame)
-            if c is None:
+            c = frame.f_locals.get("self")
+            if not isinstance(c, MPI.Comm):
                 continue
-            inside.append({"thread": names.get(tid, str(tid)), "op": c.wd_op,
-                           "seq": c.wd_seq, "ranks": list(world_ranks(c)),
-                           "for_s": round(now - since, 1)})
+            ranks = list(world_ranks(c))
+            peers = ranks if c.wd_op not in R.P2P_OPS else \
+                _world(c, tuple(p for p in c.wd_peer if isinstance(p, int) and p >= 0))
+            inside.append(self._entry(names.get(tid, str(tid)), f"{c.wd_op} #{c.wd_seq}",
+                                      ranks, peers, now - since))
+        for tid, wait in current_waits().items():
+            if tid not in self._seen and tid != threading.get_ident():
+                inside.append(self._entry(names.get(tid, str(tid)), wait.op,
+                                          _world(wait.comm, None),
+                                          _world(wait.comm, wait.peers), now - wait.since))
         main = sys._current_frames().get(threading.main_thread().ident)
         if main is not None and main.f_code in WATCHED_CODES:
             main = main.f_back   # the caller of the MPI call says more than the wrapper
-        return {"rank": self.rank, "pid": os.getpid(), "comms": comms, "inside": inside,
-                "main_at": _where(main)}
+        return {"rank": self.rank, "pid": os.getpid(), "comm": comm, "asked": bool(key),
+                "inside": inside, "main_at": _where(main)}
+
+    @staticmethod
+    def _entry(thread: str, op: str, ranks: list[int], peers: list[int],
+               for_s: float) -> dict[str, Any]:
+        return {"thread": thread, "op": op, "span": R.span(ranks),
+                "peers": peers[:R.MAX_PEERS], "for_s": round(for_s, 1)}
+
+    def _isend(self, data: bytes, dest: int, tag: int) -> None:
+        # Never Wait on a send here: the receiver may be a monitor sending to us.
+        self._pending.append((self.channel.Isend(data, dest, tag), data))
+
+    def _flush(self) -> None:
+        self._pending = [(r, b) for r, b in self._pending if not r.Test()]
 
     def _serve(self) -> None:
-        """Answer every question that has arrived (non-blocking)."""
+        """Answer every question that has arrived; never blocks."""
+        self._flush()
         while True:
             status = MPI.Status()
             if not self._ask.Test(status):
                 return
             asker = status.Get_source()
+            key = bytes(self._ask_buf[:status.Get_count(MPI.BYTE)]).decode()
             self._ask = self.channel.Irecv(self._ask_buf, MPI.ANY_SOURCE, _TAG_ASK)
-            data = json.dumps(self.state()).encode()
-            # A buffered send of a few hundred bytes: the asker has its receive posted.
-            self.channel.Isend(data, asker, _TAG_ANSWER).Wait()
+            self._isend(json.dumps(self.state(key)).encode(), asker, _TAG_ANSWER)
 
     def _serve_for(self, seconds: float) -> None:
         """Answer questions for ``seconds`` (instead of sleeping deaf to them)."""
@@ -154,106 +220,77 @@ class Monitor(threading.Thread):
             self._serve()
             time.sleep(0.02)
 
-    def _ask_all(self, ranks: list[int]) -> dict[int, dict[str, Any]]:
-        """Each rank's :meth:`state`, or nothing for those that do not answer in time."""
+    def _ask_all(self, ranks: list[int], key: str, deadline: float) -> dict[int, Any]:
+        """Each rank's :meth:`state` (None for those that do not answer by ``deadline``)."""
+        answers: dict[int, Any] = {}
+        if self.rank in ranks:
+            answers[self.rank] = self.state(key)
         for r in ranks:
-            self.channel.Isend(b"?", r, _TAG_ASK).Wait()
-        answers: dict[int, dict[str, Any]] = {}
-        deadline = time.monotonic() + ANSWER_S
+            if r != self.rank:
+                self._isend(key.encode(), r, _TAG_ASK)
         while len(answers) < len(ranks) and time.monotonic() < deadline:
             status = MPI.Status()
-            if self.channel.Iprobe(MPI.ANY_SOURCE, _TAG_ANSWER, status):
-                n = status.Get_count(MPI.BYTE)
-                buf = bytearray(n)
-                self.channel.Recv(buf, status.Get_source(), _TAG_ANSWER)
-                answers[status.Get_source()] = json.loads(bytes(buf))
+            msg = self.channel.Improbe(MPI.ANY_SOURCE, _TAG_ANSWER, status)
+            if msg is not None:
+                buf = bytearray(status.Get_count(MPI.BYTE))
+                msg.Recv(buf)
+                if status.Get_source() in ranks:
+                    answers[status.Get_source()] = json.loads(bytes(buf))
             else:
                 self._serve()       # another stalled rank may be asking us meanwhile
                 time.sleep(0.02)
+        return {r: answers.get(r) for r in ranks}
+
+    def _follow(self, stall: R.Stall) -> dict[int, Any]:
+        """Ask along the wait-for graph, from this wait's peers, until no new rank."""
+        deadline = time.monotonic() + ANSWER_S
+        answers: dict[int, Any] = {}
+        ask = [r for r in stall.peers]
+        while ask and time.monotonic() < deadline:
+            # No communicator asked about: sequence numbers mean nothing to a graph walk.
+            answers.update(self._ask_all(ask, "", deadline))
+            got = {r: a for r, a in answers.items() if a is not None}
+            ask = R.next_to_ask(got, set(answers))
         return answers
 
     # -- the report ------------------------------------------------------------
-    def _report_and_abort(self, tid: int, frame: FrameType, waited: float) -> None:
-        comm = _comm_of(frame)
-        ranks = list(world_ranks(comm)) if comm is not None else list(range(self.size))
-        op = comm.wd_op if comm is not None else frame.f_code.co_name
-        seq = comm.wd_seq if comm is not None else -1
-        p2p = op in ("Send", "Ssend", "Recv", "send", "recv", "Sendrecv", "Isend", "Irecv") \
-            or frame.f_code.co_name in ("wait", "waitall")
-        if frame.f_code.co_name in ("wait", "waitall"):
-            op = f"{frame.f_code.co_name} after {op}"
-        others = [r for r in ranks if r != self.rank]
-        answers = self._ask_all(others)
-        if self._lower_waiter(answers, ranks, seq, p2p):
-            # A lower rank waits in the same operation and writes the same report: one
-            # report per stall is easier to read. If it is gone before it aborts, ours follows.
-            # Meanwhile keep answering: that lower rank may be asking us right now.
-            self._serve_for(ANSWER_S + 2 * self.interval)
-        missing = self._not_arrived(ranks, others, answers, seq, p2p, comm)
-        what = (f"{op} (point-to-point call #{comm.wd_p2p if comm is not None else '?'}"
-                if p2p else f"{op} #{seq}")
-        lines = [f"[hpcdl rank {self.rank}/{self.size}] watchdog: {what}"
-                 + (")" if p2p else "")
-                 + f" on the communicator of world ranks {_span(ranks)} has waited "
-                 f"{waited:.1f} s (timeout {self.timeout:g} s, HPCDL_TIMEOUT); "
-                 f"ranks that have not arrived: {', '.join(map(str, missing)) or 'none found'}"]
-        for r in others:
-            lines.append(f"  rank {r}: {_describe(answers.get(r), ranks, seq)}")
-        lines.append(f"  rank {self.rank} (this one): waiting in {what}"
-                     + (")" if p2p else "") + f" at {_where(frame.f_back)}")
+    def _report_and_abort(self, stall: R.Stall) -> None:
+        others = [r for r in stall.ranks if r != self.rank]
+        extra = ""
+        if stall.collective:
+            answers = self._ask_all(others, stall.key, time.monotonic() + ANSWER_S)
+            if self._lower_waiter(answers, stall):
+                # A lower rank waits in the same operation and writes the same report: one
+                # report per stall is easier to read. If it is gone before it aborts, ours
+                # follows. Meanwhile keep answering: it may be asking us right now.
+                self._serve_for(ANSWER_S + 2 * self.interval)
+            missing = R.not_arrived(stall, answers, self.rank)
+            wrong = R.mismatched(stall, answers)
+            if wrong:
+                extra = (f"; MISMATCHED collective: this rank called {stall.what}, "
+                         + ", ".join(wrong))
+        else:
+            answers = self._follow(stall)
+            missing = R.stalled_ranks(answers, self.rank)
+        where = (f"on the communicator of world ranks {R.span(stall.ranks)}" if stall.collective
+                 else f"waiting for world ranks {R.span(stall.peers)}")
+        lines = [f"[hpcdl rank {self.rank}/{self.size}] watchdog: {stall.what} {where} has "
+                 f"waited {stall.waited:.1f} s (timeout {self.timeout:g} s, HPCDL_TIMEOUT); "
+                 f"ranks that have not arrived: {', '.join(map(str, missing)) or 'none found'}"
+                 + extra]
+        for r in sorted(answers):
+            if r != self.rank:
+                lines.append(f"  rank {r}: {R.describe(answers[r], ANSWER_S)}")
+        lines.append(f"  rank {self.rank} (this one): waiting in {stall.what} at {stall.where}")
         lines.append("aborting the whole job (MPI_Abort)")
         sys.stderr.write("\n" + "\n".join(lines) + "\n")
         sys.stderr.flush()
         MPI.COMM_WORLD.Abort(124)
 
-    def _lower_waiter(self, answers: dict[int, Any], ranks: list[int], seq: int,
-                      p2p: bool) -> bool:
-        return not p2p and any(
-            r < self.rank and any(i["ranks"] == ranks and i["seq"] == seq
-                                  and i["for_s"] >= self.timeout - 2 * self.interval
-                                  for i in a["inside"])
+    def _lower_waiter(self, answers: dict[int, Any], stall: R.Stall) -> bool:
+        want = f"{stall.op} #{stall.seq}"
+        return any(
+            r < self.rank and a is not None and any(
+                i["op"] == want and i["span"] == R.span(stall.ranks)
+                and i["for_s"] >= self.timeout - 2 * self.interval for i in a["inside"])
             for r, a in answers.items())
-
-    def _not_arrived(self, ranks: list[int], others: list[int], answers: dict[int, Any],
-                     seq: int, p2p: bool, comm: Any) -> list[int]:
-        if p2p and comm is not None:
-            peers = [p for p in comm.wd_peer if isinstance(p, int) and p >= 0]
-            candidates = [ranks[p] for p in peers if p < len(ranks)] or others
-        else:
-            candidates = others
-        missing = []
-        for r in candidates:
-            a = answers.get(r)
-            if a is None:
-                missing.append(r)
-                continue
-            mine = next((c for c in a["comms"] if c["ranks"] == ranks), None)
-            busy = any(i["ranks"] == ranks for i in a["inside"])
-            if mine is None or (p2p and not busy) or (not p2p and mine["seq"] < seq):
-                missing.append(r)
-        return missing
-
-
-def _span(ranks: list[int]) -> str:
-    if ranks and ranks == list(range(ranks[0], ranks[-1] + 1)) and len(ranks) > 2:
-        return f"{ranks[0]}..{ranks[-1]}"
-    return ",".join(map(str, ranks))
-
-
-def _describe(answer: dict[str, Any] | None, ranks: list[int], seq: int) -> str:
-    if answer is None:
-        return (f"no answer within {ANSWER_S:g} s (its process is gone, or stuck in C code "
-                "that holds the GIL)")
-    mine = next((c for c in answer["comms"] if c["ranks"] == ranks), None)
-    parts = []
-    if mine is None:
-        parts.append("has not used this communicator")
-    else:
-        parts.append(f"last started {mine['op']} #{mine['seq']} on it")
-    for i in answer["inside"]:
-        parts.append(f"thread {i['thread']} inside {i['op']} #{i['seq']} on world ranks "
-                     f"{_span(i['ranks'])} for {i['for_s']} s")
-    if not answer["inside"]:
-        parts.append("inside no MPI call")
-    parts.append(f"main thread at {answer['main_at']}")
-    return "; ".join(parts)

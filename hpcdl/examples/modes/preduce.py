@@ -115,7 +115,8 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
         # every rank is here: an epoch ended (or the run did) with a full average
         hpcdl.allreduce(running, op="sum")
         elapsed = time.perf_counter() - start
-        accuracy = evaluate(model, data.x_test, data.y_test, device)
+        with session.long_phase("evaluation"):   # the controller hears it is alive
+            accuracy = evaluate(model, data.x_test, data.y_test, device)
         history.append(epoch_row(len(history) + 1, float(running[0] / running[1]), accuracy,
                                  float(running[1]), elapsed))
         bar.update(1)

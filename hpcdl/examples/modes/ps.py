@@ -111,7 +111,8 @@ def _train(args: argparse.Namespace, device: torch.device, data: Data, model: nn
         hpcdl.allreduce(running, op="sum", comm=wc)   # also: every worker's pushes are in
         elapsed = time.perf_counter() - start
         ps.pull()                                     # so all score the same served model
-        accuracy = evaluate(model, data.x_test, data.y_test, device, comm=wc)
+        with ps.long_phase("evaluation"):             # the servers hear it is alive
+            accuracy = evaluate(model, data.x_test, data.y_test, device, comm=wc)
         row = epoch_row(epoch, float(running[0] / running[1]), accuracy, float(running[1]),
                         elapsed)
         history.append(row)

@@ -34,9 +34,11 @@ __all__ = ["ProcessGroupHpcdl"]
 class ProcessGroupHpcdl(dist.ProcessGroup):
     """One torch group over one hpcdl communicator (plus a private one for send/recv)."""
 
-    def __init__(self, comm: MPICommunicator, p2p: MPICommunicator, algorithm: str) -> None:
+    def __init__(self, comm: MPICommunicator, p2p: MPICommunicator, algorithm: str,
+                 timeout_s: float | None = None) -> None:
         super().__init__(comm.rank, comm.size)
         self.comm = comm
+        self.timeout_s = timeout_s  # init_process_group/new_group(timeout=): every wait's bound
         self._p2p = p2p  # its own MPI context: any user tag, no clash with hpcdl's tags
         self.algorithm = algorithm
         self._name = ""
@@ -76,6 +78,9 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
     def group_desc(self) -> str:
         return self._desc
 
+    def _submit(self, op: str, job: Any) -> dist.Work:
+        return submit(self.comm, op, job, self.timeout_s)
+
     # checks -------------------------------------------------------------------
     def _err(self, op: str, msg: str) -> InvalidArgumentError:
         return InvalidArgumentError(msg, rank=self.comm.rank, size=self.comm.size, op=op)
@@ -105,7 +110,7 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
         t = self._one(tensors, "allreduce")
         opts = opts if opts is not None else dist.AllreduceOptions()
         hop, mop, factor = self._reduction(opts.reduceOp, t.dtype, "allreduce")
-        return submit(self.comm, "allreduce", lambda: on_dense(t, lambda b: jobs.allreduce(
+        return self._submit("allreduce", lambda: on_dense(t, lambda b: jobs.allreduce(
             self.comm, b, hop, mop, factor, self.algorithm)))
 
     def allreduce_coalesced(self, tensors: list, opts: Any = None) -> dist.Work:
@@ -119,7 +124,7 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
                 on_dense(t, lambda b: jobs.allreduce(self.comm, b, hop, mop, factor,
                                                      self.algorithm))
             return tensors
-        return submit(self.comm, "allreduce_coalesced", job)
+        return self._submit("allreduce_coalesced", job)
 
     def reduce(self, tensors: list, opts: Any = None) -> dist.Work:
         t = self._one(tensors, "reduce")
@@ -135,18 +140,18 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
             if self.comm.rank == root:
                 write_back(t, buf)
             return tensors
-        return submit(self.comm, "reduce", job)
+        return self._submit("reduce", job)
 
     def broadcast(self, tensors: list, opts: Any = None) -> dist.Work:
         t = self._one(tensors, "broadcast")
         root = self._root((opts or dist.BroadcastOptions()).rootRank, "broadcast")
-        return submit(self.comm, "broadcast", lambda: on_dense(
+        return self._submit("broadcast", lambda: on_dense(
             t, lambda b: jobs.broadcast(self.comm, b, root), copy_back=self.comm.rank != root))
 
     def barrier(self, opts: Any = None) -> dist.Work:
         import hpcdl
 
-        return submit(self.comm, "barrier", lambda: (hpcdl.barrier(comm=self.comm), [])[1])
+        return self._submit("barrier", lambda: (hpcdl.barrier(comm=self.comm), [])[1])
 
     def allgather(self, output_lists: list, inputs: list, opts: Any = None) -> dist.Work:
         inp = self._one(inputs, "allgather")
@@ -165,7 +170,7 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
             for o, part in zip(outs, flat.chunk(self.comm.size)):
                 o.copy_(part.view(o.shape))
             return output_lists
-        return submit(self.comm, "allgather", job)
+        return self._submit("allgather", job)
 
     def all_gather_single(self, output: torch.Tensor, inp: torch.Tensor,
                           opts: Any = None) -> dist.Work:
@@ -176,7 +181,7 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
                             f"output {output.dtype}{list(output.shape)} must hold {self.comm.size} "
                             f"x input {inp.dtype}{list(inp.shape)}")
         src = dense(inp)
-        return submit(self.comm, "all_gather_into_tensor", lambda: on_dense(
+        return self._submit("all_gather_into_tensor", lambda: on_dense(
             output, lambda b: jobs.allgather_flat(self.comm, b, src)))
 
     _allgather_base = all_gather_single
@@ -192,7 +197,7 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
         opts = opts if opts is not None else dist.ReduceScatterOptions()
         hop, mop, factor = self._reduction(opts.reduceOp, inp.dtype, op)
         src = dense(inp)
-        return submit(self.comm, op, lambda: on_dense(
+        return self._submit(op, lambda: on_dense(
             output, lambda b: jobs.reduce_scatter_flat(self.comm, b, src, hop, mop, factor)))
 
     _reduce_scatter_base = reduce_scatter_single
@@ -224,7 +229,7 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
         send = jobs.split_counts(inp, input_splits, size)
         recv = jobs.split_counts(output, output_splits, size)
         src = dense(inp)
-        return submit(self.comm, op, lambda: on_dense(
+        return self._submit(op, lambda: on_dense(
             output, lambda b: jobs.alltoall_flat(self.comm, b, src, send, recv)))
 
     alltoall_base = all_to_all_single
@@ -246,7 +251,7 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
             for o, part in zip(outputs, flat_out.split(recv)):
                 o.copy_(part.view(o.dtype).reshape(o.shape))
             return outputs
-        return submit(self.comm, "all_to_all", job)
+        return self._submit("all_to_all", job)
 
     def gather(self, output_lists: list, inputs: list, opts: Any = None) -> dist.Work:
         inp = dense(self._one(inputs, "gather"))
@@ -254,7 +259,7 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
         outs = output_lists[0] if output_lists else []
         if self.comm.rank == root and len(outs) != self.comm.size:
             raise self._err("gather", f"the root needs a list of {self.comm.size} outputs")
-        return submit(self.comm, "gather",
+        return self._submit("gather",
                       lambda: (jobs.gather(self.comm, outs, inp, root), output_lists)[1])
 
     def scatter(self, outputs: list, input_lists: list, opts: Any = None) -> dist.Work:
@@ -265,7 +270,7 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
                 i.numel() != out.numel() or i.dtype != out.dtype for i in ins)):
             raise self._err("scatter", f"the root needs {self.comm.size} inputs shaped like "
                                        "the output")
-        return submit(self.comm, "scatter", lambda: (
+        return self._submit("scatter", lambda: (
             on_dense(out, lambda b: jobs.scatter(self.comm, b, ins, root)), outputs)[1])
 
     # point-to-point -----------------------------------------------------------
@@ -282,7 +287,8 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
         # A CUDA tensor is staged, a strided one copied: the copy lives in the work.
         host = dense(t.detach().to("cpu"))
         req = self._p2p.mpi.Isend([host_bytes(host), MPI.BYTE], dst, tag)
-        work = P2PWork(req, tensors, "send", self.comm.rank)
+        work = P2PWork(req, tensors, "send", self.comm.rank, mpi=self._p2p.mpi, peer=dst,
+                       timeout_s=self.timeout_s)
         work._keep = host  # the send buffer must outlive the request
         return work
 
@@ -294,7 +300,8 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
         host = t if direct else torch.empty(t.shape, dtype=t.dtype)
         req = self._p2p.mpi.Irecv([host_bytes(host), MPI.BYTE], src, tag)
         finish = None if direct else (lambda: write_back(t, host))
-        return P2PWork(req, tensors, "recv", self.comm.rank, finish)
+        return P2PWork(req, tensors, "recv", self.comm.rank, finish, mpi=self._p2p.mpi,
+                       peer=src, timeout_s=self.timeout_s)
 
     def recv_anysource(self, tensors: list, tag: int) -> dist.Work:
         raise self._err("recv", "a receive from any source (src=None) is not supported: "

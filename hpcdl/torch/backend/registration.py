@@ -21,6 +21,7 @@ from typing import Any, Iterator
 from urllib.parse import parse_qs, urlparse
 
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 import torch.distributed.rendezvous  # noqa: F401 - the module, for its handler table
 _rdzv = sys.modules["torch.distributed.rendezvous"]
 
@@ -78,7 +79,13 @@ def _create(opts: Any, pg_options: Any) -> ProcessGroupHpcdl:
                                    f"{ranks} but MPI numbers it {comm.rank}", rank=world.rank,
                                    op="new_group")
     p2p = comm.split(0, comm.rank, name="hpcdl.torch:p2p")
-    return ProcessGroupHpcdl(comm, p2p, algorithm)
+    # torch hands the group's timeout (init_process_group/new_group timeout=) to the
+    # factory; every Work's wait honours it (it was dropped: waits took 1800 s).
+    # torch passes its 30-minute default when none was given: HPCDL_TORCH_TIMEOUT applies.
+    timeout = getattr(opts, "timeout", None)
+    seconds = timeout.total_seconds() if hasattr(timeout, "total_seconds") \
+        and timeout != default_pg_timeout else None
+    return ProcessGroupHpcdl(comm, p2p, algorithm, seconds)
 
 
 def _store(world: MPICommunicator, timeout: timedelta) -> dist.TCPStore:

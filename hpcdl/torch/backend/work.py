@@ -29,13 +29,20 @@ from torch.futures import Future
 
 from ...collectives.handle import executor_for
 from ...errors import CommError, HpcdlError
+from ...watchdog import waiting
 
 __all__ = ["submit", "CollectiveWork", "P2PWork", "wait_timeout"]
 
 
-def wait_timeout() -> float:
-    """Seconds a point-to-point ``wait()`` may take before it raises (HPCDL_TORCH_TIMEOUT)."""
-    return float(os.environ.get("HPCDL_TORCH_TIMEOUT", "1800"))
+def wait_timeout(group_s: float | None = None, call: Any = None) -> tuple[float, str]:
+    """Seconds a ``wait()`` may take before it raises, and where that number came from:
+    the call's ``timeout`` (a timedelta), else the group's (``init_process_group(timeout=)``
+    / ``new_group(timeout=)``), else ``HPCDL_TORCH_TIMEOUT`` (default 1800)."""
+    if call is not None and hasattr(call, "total_seconds") and call.total_seconds() > 0:
+        return call.total_seconds(), "the wait's timeout"
+    if group_s is not None and group_s > 0:
+        return group_s, "the group's timeout (init_process_group/new_group timeout=)"
+    return float(os.environ.get("HPCDL_TORCH_TIMEOUT", "1800")), "HPCDL_TORCH_TIMEOUT"
 
 
 class _Failed:
@@ -59,10 +66,13 @@ def _unwrap(fut: Future) -> Any:
 class CollectiveWork(dist.Work):
     """One queued collective: ``wait()`` re-raises its error with its own type."""
 
-    def __init__(self, op: str, rank: int) -> None:
+    def __init__(self, op: str, rank: int, mpi: Any = None,
+                 timeout_s: float | None = None) -> None:
         super().__init__()
         self._op = op
         self._rank = rank
+        self._mpi = mpi              # the group's mpi4py communicator (for the watchdog)
+        self._timeout_s = timeout_s  # the group's timeout (None: HPCDL_TORCH_TIMEOUT)
         self._event = threading.Event()
         self._error: BaseException | None = None
         self._result: Any = None
@@ -84,12 +94,12 @@ class CollectiveWork(dist.Work):
         return self._error
 
     def wait(self, timeout: Any = None) -> bool:
-        limit = wait_timeout()
-        if timeout is not None and hasattr(timeout, "total_seconds") and timeout.total_seconds() > 0:
-            limit = timeout.total_seconds()
-        if not self._event.wait(limit):
-            raise CommError(f"not finished after {limit:.0f} s (set HPCDL_TORCH_TIMEOUT to "
-                            "wait longer)", rank=self._rank, op=self._op)
+        limit, source = wait_timeout(self._timeout_s, timeout)
+        with waiting(f"torch {self._op}", self._mpi):
+            done = self._event.wait(limit)
+        if not done:
+            raise CommError(f"not finished after {limit:g} s ({source})", rank=self._rank,
+                            op=self._op)
         if self._error is not None:
             raise self._error
         return True
@@ -102,9 +112,11 @@ class CollectiveWork(dist.Work):
         return self._future
 
 
-def submit(comm: Any, op: str, job: Callable[[], Any]) -> CollectiveWork:
-    """Run ``job`` on ``comm``'s progress thread; its return value completes the work."""
-    work = CollectiveWork(op, comm.rank)
+def submit(comm: Any, op: str, job: Callable[[], Any],
+           timeout_s: float | None = None) -> CollectiveWork:
+    """Run ``job`` on ``comm``'s progress thread; its return value completes the work,
+    whose ``wait()`` gives up after ``timeout_s`` (None: HPCDL_TORCH_TIMEOUT)."""
+    work = CollectiveWork(op, comm.rank, comm.mpi, timeout_s)
 
     def run() -> None:
         try:
@@ -125,9 +137,12 @@ class P2PWork(dist.Work):
     """A posted MPI send or receive; ``result()`` is the tensor list torch passed."""
 
     def __init__(self, req: MPI.Request, tensors: list[torch.Tensor], op: str, rank: int,
-                 finish: Callable[[], None] | None = None) -> None:
+                 finish: Callable[[], None] | None = None, *, mpi: Any = None,
+                 peer: int | None = None, timeout_s: float | None = None) -> None:
         super().__init__()
         self._req = req
+        self._mpi, self._peer = mpi, peer   # whom it waits for (the watchdog's report)
+        self._timeout_s = timeout_s         # the group's timeout (None: HPCDL_TORCH_TIMEOUT)
         self._tensors = tensors
         self._op = op
         self._rank = rank
@@ -153,18 +168,17 @@ class P2PWork(dist.Work):
         return self._done
 
     def wait(self, timeout: Any = None) -> bool:
-        limit = wait_timeout()
-        if timeout is not None and hasattr(timeout, "total_seconds") and timeout.total_seconds() > 0:
-            limit = timeout.total_seconds()
+        limit, source = wait_timeout(self._timeout_s, timeout)
         deadline = time.monotonic() + limit
         pause = 1e-6
-        while not self.is_completed():
-            if time.monotonic() > deadline:
-                raise CommError(f"no matching peer operation within {limit:.0f} s "
-                                "(set HPCDL_TORCH_TIMEOUT to wait longer)", rank=self._rank,
-                                op=self._op)
-            time.sleep(pause)
-            pause = min(pause * 2, 1e-3)
+        peers = None if self._peer is None else (self._peer,)
+        with waiting(f"torch {self._op}", self._mpi, peers):
+            while not self.is_completed():
+                if time.monotonic() > deadline:
+                    raise CommError(f"no matching operation of peer rank {self._peer} within "
+                                    f"{limit:g} s ({source})", rank=self._rank, op=self._op)
+                time.sleep(pause)
+                pause = min(pause * 2, 1e-3)
         return True
 
     def result(self) -> list[torch.Tensor]:
