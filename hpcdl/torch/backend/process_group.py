@@ -24,6 +24,7 @@ from mpi4py import MPI
 from ...comm.mpi import MPICommunicator
 from ...errors import InvalidArgumentError
 from . import collectives as jobs
+from .functional import FunctionalOps
 from .ops import (check_tensor, dense, host_bytes, hpcdl_op, mpi_op, on_dense, torch_op,
                   write_back)
 from .work import P2PWork, submit
@@ -31,7 +32,7 @@ from .work import P2PWork, submit
 __all__ = ["ProcessGroupHpcdl"]
 
 
-class ProcessGroupHpcdl(dist.ProcessGroup):
+class ProcessGroupHpcdl(FunctionalOps, dist.ProcessGroup):
     """One torch group over one hpcdl communicator (plus a private one for send/recv)."""
 
     def __init__(self, comm: MPICommunicator, p2p: MPICommunicator, algorithm: str) -> None:
