@@ -23,9 +23,9 @@ from hpcdl.examples.gpt.parallel import full_parameters
 from hpcdl.examples.gpt.train import parse_args, train
 from torch_backend_util import world
 
-TINY = ["--dim", "32", "--heads", "4", "--layers", "2", "--context", "16", "--batch", "8",
+TINY = ["--dim", "48", "--heads", "12", "--layers", "2", "--context", "16", "--batch", "12",
         "--text-bytes", "200000", "--eval-batches", "1", "--lr", "3e-3", "--threads", "1"]
-STEPS = 3
+STEPS = 3  # batch 12 and 12 heads split over 1, 2, 3 and 4 ranks
 
 
 def _reference(args) -> tuple[list[float], dict[str, torch.Tensor]]:

@@ -65,22 +65,44 @@ def _fully_shard(model: GPT, mesh: Any = None) -> None:
     fully_shard(model, mesh=mesh)
 
 
-def parallelize(name: str, model: GPT) -> Layout:
-    """Split ``model`` (the same initial weights on every rank) as ``name`` says."""
-    from torch.distributed.device_mesh import init_device_mesh
+def _mesh(shape: tuple[int, ...], backend: str | None) -> Any:
+    """A CPU DeviceMesh of ``shape`` over ranks in order; with ``backend`` its groups are
+    made explicitly with that backend (the benchmark runs gloo beside "hpcdl")."""
+    from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+    names = ("dp", "tp") if len(shape) == 2 else None
+    if backend is None:
+        return init_device_mesh("cpu", shape, mesh_dim_names=names)
+    grid = torch.arange(dist.get_world_size()).view(shape)
+    rank = dist.get_rank()
+    if len(shape) == 1:
+        return DeviceMesh.from_group(dist.new_group(grid.tolist(), backend=backend), "cpu")
+    mine = []
+    for dim in (0, 1):  # every rank creates every group, in the same order
+        lines = grid.transpose(0, 1) if dim == 0 else grid
+        for line in lines.tolist():
+            g = dist.new_group(line, backend=backend)
+            if rank in line:
+                mine.append(g)
+    return DeviceMesh.from_group(mine, "cpu", mesh=grid, mesh_dim_names=names)
+
+
+def parallelize(name: str, model: GPT, backend: str | None = None) -> Layout:
+    """Split ``model`` (the same initial weights on every rank) as ``name`` says, over
+    the default group's backend (or over new groups of ``backend``)."""
     rank, size = dist.get_rank(), dist.get_world_size()
     tp = _check(name, model.cfg, size, rank)
     if name == "dp":
-        ddp = nn.parallel.DistributedDataParallel(model)
+        group = _mesh((size,), backend).get_group() if backend else None
+        ddp = nn.parallel.DistributedDataParallel(model, process_group=group)
         return Layout(ddp, model, rank, size, 1)
     if name == "fsdp":
-        _fully_shard(model)
+        _fully_shard(model, _mesh((size,), backend))
         return Layout(model, model, rank, size, 1)
     if name == "tp":
-        _tensor_parallel(model, init_device_mesh("cpu", (size,)))
+        _tensor_parallel(model, _mesh((size,), backend))
         return Layout(model, model, 0, 1, size)
-    mesh = init_device_mesh("cpu", (size // tp, tp), mesh_dim_names=("dp", "tp"))
+    mesh = _mesh((size // tp, tp), backend)
     _tensor_parallel(model, mesh["tp"])
     _fully_shard(model, mesh["dp"])
     return Layout(model, model, rank // tp, size // tp, tp)
