@@ -12,6 +12,12 @@ so a noisy neighbour hurts all three alike. Each model in ``--models`` runs in
 turn: ``smallcnn`` (the main job's CNN, ~0.1 M parameters) and ``mlp10m``
 (12.6 M parameters, 50 MB of float32 gradients per step). The slowest rank's
 median step sets the throughput.
+
+``gpt`` in ``--models`` adds the GPT example's transformer (torch_backend_gpt.py):
+FSDP2 and FSDP2 x TP (pairs of ranks) over "hpcdl" vs the same over gloo, in
+tokens/s.
+
+    hpcdl launch -n 4 -- python benchmarks/torch_backend.py --models gpt
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from torch import nn
 
 import hpcdl
 import hpcdl.torch as hdt
+from torch_backend_gpt import add_arguments, run_gpt  # beside this file
 from train_throughput import make_step  # beside this file: one training step, both benchmarks
 
 MODES = ("ddp-hpcdl", "ddp-gloo", "hpcdl-opt")
@@ -93,13 +100,25 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=3, help="rounds (modes alternate)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--json", default=None, help="write the results here (rank 0)")
+    add_arguments(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     ctx = hpcdl.init()
     dist.init_process_group("hpcdl")
     gloo = dist.new_group(list(range(ctx.size)), backend="gloo")
-    rows = []
+    rows: list[dict] = []
+    gpt_rows: list[dict] = []
     for name in args.models.split(","):
+        if name == "gpt":
+            params, mine = run_gpt(args, ctx)
+            everyone = ctx.comm.allgather_object(mine)
+            tokens = args.gpt_batch * args.gpt_context
+            for mode in mine:
+                slow = max(r[mode] for r in everyone)
+                gpt_rows.append({"model": "gpt", "params": params, "mode": mode,
+                                 "ranks": ctx.size, "step_ms": 1e3 * slow,
+                                 "tokens_per_s": tokens / slow})
+            continue
         mine = run_model(name, args, gloo)
         everyone = ctx.comm.allgather_object(mine)
         slowest = {m: max(r[m] for r in everyone) for m in MODES}
@@ -109,13 +128,33 @@ def main() -> None:
                          "step_ms": 1e3 * slowest[mode],
                          "samples_per_s": ctx.size * args.batch_size / slowest[mode]})
     if ctx.rank == 0:
-        report(rows, args, ctx.size)
+        report(rows, gpt_rows, args, ctx.size)
     ctx.comm.barrier()
     dist.destroy_process_group()  # gloo and hpcdl groups together, on every rank
     ctx.comm.barrier()
 
 
-def report(rows: list[dict], args: argparse.Namespace, size: int) -> None:
+def report_gpt(rows: list[dict], args: argparse.Namespace, size: int) -> None:
+    print(f"# transformer: {size} rank(s), global batch {args.gpt_batch} x {args.gpt_context} "
+          f"tokens, {args.threads} thread(s)/rank, median of {args.iters} rounds x "
+          f"{args.steps} steps")
+    print(f"# {'model':>9} {'params':>10} {'mode':>14} {'step(ms)':>9} {'tokens/s':>10} "
+          f"{'vs gloo':>8}")
+    by = {r["mode"]: r for r in rows}
+    for r in rows:
+        peer = by[r["mode"].rsplit("-", 1)[0] + "-gloo"]["tokens_per_s"]
+        r["vs_gloo"] = r["tokens_per_s"] / peer
+        print(f"  {r['model']:>9} {r['params'] / 1e6:>9.2f}M {r['mode']:>14} "
+              f"{r['step_ms']:>9.1f} {r['tokens_per_s']:>10.0f} {r['vs_gloo']:>7.2f}x")
+
+
+def report(rows: list[dict], gpt_rows: list[dict], args: argparse.Namespace,
+           size: int) -> None:
+    if gpt_rows:
+        report_gpt(gpt_rows, args, size)
+    if not rows:
+        _write(args, size, rows, gpt_rows)
+        return
     print(f"# torch_backend: {size} rank(s), batch {args.batch_size}/rank, {args.threads} "
           f"thread(s)/rank, median of {args.iters} rounds x {args.steps} steps")
     print(f"# {'model':>9} {'params':>10} {'mode':>10} {'step(ms)':>9} {'samples/s':>10} "
@@ -128,11 +167,15 @@ def report(rows: list[dict], args: argparse.Namespace, size: int) -> None:
         print(f"  {r['model']:>9} {r['params'] / 1e6:>9.2f}M {r['mode']:>10} "
               f"{r['step_ms']:>9.2f} {r['samples_per_s']:>10.1f} {r['vs_gloo']:>7.2f}x "
               f"{r['vs_opt']:>6.2f}x")
+    _write(args, size, rows, gpt_rows)
+
+
+def _write(args: argparse.Namespace, size: int, rows: list[dict], gpt_rows: list[dict]) -> None:
     sys.stdout.flush()
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"benchmark": "torch_backend", "settings": vars(args), "ranks": size,
-                       "rows": rows}, f, indent=2)
+                       "rows": rows, "transformer_rows": gpt_rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,29 @@ def _bind_gpu(local_rank: int) -> tuple[int | None, int]:
     return gpu, count
 
 
+def _write_stderr(text: str) -> None:
+    """Write ``text`` to the process's real stderr (file descriptor 2), now.
+
+    Not to ``sys.stderr``: a hook chained in front of ours may have pointed it
+    elsewhere for the duration of the call (torch's ``init_process_group``
+    installs one that swaps in a ``StringIO`` and prints it only after our hook
+    returns), and ``MPI_Abort`` ends the process before that. Whatever Python
+    buffered on the real streams is flushed first so the report comes after it.
+    """
+    for stream in (sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # closed or broken: the report still goes out
+            pass
+    data = text.encode("utf-8", "replace")
+    try:
+        while data:
+            data = data[os.write(2, data):]
+    except OSError:  # fd 2 closed: nowhere left to report, the abort still happens
+        pass
+
+
 def _abort_on_uncaught(rank: int, size: int, world: Any) -> None:
     """One rank's uncaught exception ends the whole job (MPI_Abort), naming the rank."""
     if os.environ.get("HPCDL_ABORT_ON_ERROR", "1") == "0":
@@ -179,9 +202,8 @@ def _abort_on_uncaught(rank: int, size: int, world: Any) -> None:
 
     def report_and_abort(kind: str, exc_type: type, exc: BaseException, tb: Any) -> None:
         text = "".join(traceback.format_exception(exc_type, exc, tb))
-        sys.stderr.write(f"\n[hpcdl rank {rank}/{size}] {kind}; aborting the whole job "
-                         f"(MPI_Abort):\n{text}")
-        sys.stderr.flush()
+        _write_stderr(f"\n[hpcdl rank {rank}/{size}] {kind}; aborting the whole job "
+                      f"(MPI_Abort):\n{text}")
         world.Abort(1)
 
     previous = sys.excepthook

@@ -152,13 +152,3 @@ def test_dcp_save_sharded_load_replicated(tmp_path_factory):
     for (name, p), q in zip(plain.named_parameters(), ref.parameters()):
         assert torch.equal(p, q), f"{name} not restored exactly"
 
-
-@pytest.mark.mpi(min_size=2)  # on one rank full_tensor() has nothing to gather
-def test_documented_limit_dtensor_full_tensor_fails_clearly():
-    from torch.distributed.fsdp import fully_shard
-
-    world()
-    model = torch.nn.Linear(4, 4)
-    fully_shard(model)
-    with pytest.raises(RuntimeError, match="No backend type associated with device type cpu"):
-        model.weight.full_tensor()

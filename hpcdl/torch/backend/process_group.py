@@ -8,9 +8,7 @@ communicator's progress thread (work.py), returning its ``Work``.
 Strided (non-contiguous) tensors are taken as torch's gloo takes them in its
 collectives: inputs travel as a contiguous copy (``dense``) and results land
 in a contiguous buffer copied back into the caller's tensor (``write_back``).
-Point-to-point goes further than gloo, which refuses them: a strided send is
-copied before the MPI request starts, a strided receive lands in a contiguous
-temporary copied back when the request completes.
+Point-to-point (p2p.py) goes further than gloo, which refuses them.
 """
 
 from __future__ import annotations
@@ -24,14 +22,15 @@ from mpi4py import MPI
 from ...comm.mpi import MPICommunicator
 from ...errors import InvalidArgumentError
 from . import collectives as jobs
-from .ops import (check_tensor, dense, host_bytes, hpcdl_op, mpi_op, on_dense, torch_op,
-                  write_back)
-from .work import P2PWork, submit
+from .functional import FunctionalOps
+from .p2p import PointToPoint
+from .ops import (check_tensor, dense, hpcdl_op, mpi_op, on_dense, torch_op, write_back)
+from .work import submit
 
 __all__ = ["ProcessGroupHpcdl"]
 
 
-class ProcessGroupHpcdl(dist.ProcessGroup):
+class ProcessGroupHpcdl(FunctionalOps, PointToPoint, dist.ProcessGroup):
     """One torch group over one hpcdl communicator (plus a private one for send/recv)."""
 
     def __init__(self, comm: MPICommunicator, p2p: MPICommunicator, algorithm: str,
@@ -44,6 +43,24 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
         self._name = ""
         self._desc = ""
         self._tag_ub = int(MPI.COMM_WORLD.Get_attr(MPI.TAG_UB))  # set on WORLD only
+
+    @property
+    def communicators(self) -> tuple[MPICommunicator, MPICommunicator]:
+        """The group's own MPI communicators (collectives, point-to-point); both are
+        created for this group alone and freed by :meth:`shutdown`."""
+        return self.comm, self._p2p
+
+    def shutdown(self) -> None:
+        """``destroy_process_group`` calls this: finish the queued collectives, stop the
+        group's progress thread and free its MPI communicators (idempotent)."""
+        executor = self.comm.executor
+        if executor is not None:
+            executor.close()
+            if executor.pending:  # still inside MPI on that communicator: keep it
+                return
+        for c in self.communicators:
+            if c.mpi != MPI.COMM_NULL:
+                c.mpi.Free()
 
     def getBackendName(self) -> str:
         return "hpcdl"
@@ -272,38 +289,3 @@ class ProcessGroupHpcdl(dist.ProcessGroup):
                                        "the output")
         return self._submit("scatter", lambda: (
             on_dense(out, lambda b: jobs.scatter(self.comm, b, ins, root)), outputs)[1])
-
-    # point-to-point -----------------------------------------------------------
-    def _p2p_args(self, tensors: list, peer: int, tag: int, op: str) -> torch.Tensor:
-        t = self._one(tensors, op)
-        if not 0 <= peer < self.comm.size:
-            raise self._err(op, f"peer {peer} is not a rank of this group (0..{self.comm.size - 1})")
-        if not 0 <= tag <= self._tag_ub:
-            raise self._err(op, f"tag {tag} is outside MPI's range 0..{self._tag_ub}")
-        return t
-
-    def send(self, tensors: list, dst: int, tag: int) -> dist.Work:
-        t = self._p2p_args(tensors, dst, tag, "send")
-        # A CUDA tensor is staged, a strided one copied: the copy lives in the work.
-        host = dense(t.detach().to("cpu"))
-        req = self._p2p.mpi.Isend([host_bytes(host), MPI.BYTE], dst, tag)
-        work = P2PWork(req, tensors, "send", self.comm.rank, mpi=self._p2p.mpi, peer=dst,
-                       timeout_s=self.timeout_s)
-        work._keep = host  # the send buffer must outlive the request
-        return work
-
-    def recv(self, tensors: list, src: int, tag: int) -> dist.Work:
-        t = self._p2p_args(tensors, src, tag, "recv")
-        # A CUDA or strided tensor receives into a contiguous host temporary, copied
-        # back when the request completes (P2PWork runs ``finish`` then).
-        direct = t.device.type == "cpu" and t.is_contiguous()
-        host = t if direct else torch.empty(t.shape, dtype=t.dtype)
-        req = self._p2p.mpi.Irecv([host_bytes(host), MPI.BYTE], src, tag)
-        finish = None if direct else (lambda: write_back(t, host))
-        return P2PWork(req, tensors, "recv", self.comm.rank, finish, mpi=self._p2p.mpi,
-                       peer=src, timeout_s=self.timeout_s)
-
-    def recv_anysource(self, tensors: list, tag: int) -> dist.Work:
-        raise self._err("recv", "a receive from any source (src=None) is not supported: "
-                                "torch cannot read the sender's rank from a Python backend's "
-                                "work; pass src=")

@@ -66,7 +66,11 @@ def _create(opts: Any, pg_options: Any) -> ProcessGroupHpcdl:
             size=world.size, op="init_process_group")
     algorithm = _algorithm(pg_options, world.rank)
     if not ranks:
-        comm = world
+        # A Dup, never hpcdl's world itself: the default group gets its own MPI context
+        # and progress queue, so hpcdl.allreduce(..., async_op=True) on the world and
+        # torch collectives issued in another order cannot meet each other.
+        comm = MPICommunicator(world.mpi.Dup())
+        comm.cuda_aware = world.cuda_aware
     else:
         # Only the members call this (torch skips the factory elsewhere), so the
         # communicator comes from MPI_Comm_create_group, collective over members only.
@@ -78,7 +82,7 @@ def _create(opts: Any, pg_options: Any) -> ProcessGroupHpcdl:
         raise InvalidArgumentError(f"torch numbers this rank {opts.group_rank} in group "
                                    f"{ranks} but MPI numbers it {comm.rank}", rank=world.rank,
                                    op="new_group")
-    p2p = comm.split(0, comm.rank, name="hpcdl.torch:p2p")
+    p2p = MPICommunicator(comm.mpi.Dup())  # freed with the group (shutdown)
     # torch hands the group's timeout (init_process_group/new_group timeout=) to the
     # factory; every Work's wait honours it (it was dropped: waits took 1800 s).
     # torch passes its 30-minute default when none was given: HPCDL_TORCH_TIMEOUT applies.
