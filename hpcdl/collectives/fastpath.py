@@ -22,7 +22,7 @@ from .. import runtime, trace
 from ..comm.mpi import _MPI_OPS, mpi_datatype, mpi_error
 from ..errors import InvalidArgumentError
 from ..ops import SUPPORTED_DTYPES, ReduceOp, is_half
-from . import catalog, registry
+from . import catalog, online, registry
 from .debug import debug_enabled
 from .native import native_allreduce
 
@@ -97,12 +97,37 @@ def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any
             plans[1][key] = plan
     if plan is _NOTHING:
         return tensor
+    if plan[3] is registry.tuned_allreduce:
+        return _tuned(comm, tensor, op, plans[1])
+    _execute(comm, tensor, plan)
+    return tensor
+
+
+def _execute(comm: Any, tensor: np.ndarray, plan: tuple) -> None:
     mpi, datatype, mpi_op, fn, rop = plan
     if mpi is not None:
         try:
             mpi.Allreduce(_IN_PLACE, [tensor, datatype], mpi_op)
         except Exception as exc:  # an MPI error: report it like the general path does
             raise mpi_error(exc, comm, "allreduce") from exc
-        return tensor
+        return
     registry.run_allreduce(comm, fn, tensor.reshape(-1), rop)
+
+
+def _tuned(comm: Any, tensor: np.ndarray, op: Any, plans: dict) -> np.ndarray:
+    """``auto`` learning online: the algorithm this call runs (online.py), served from
+    its own plan, so that a winning ``native`` costs what a pinned ``native`` does."""
+    tuner = online.tuner_for(comm)
+    slot = tuner.slot(tensor.nbytes, tensor.dtype)
+    name = slot.pick()
+    key = (tensor.dtype, op, name, tensor.nbytes)
+    plan = plans.get(key)
+    if plan is None:
+        if len(plans) >= _PLAN_LIMIT:
+            plans.clear()
+        plan = plans[key] = _make_plan(comm, tensor.dtype, op, name, tensor.nbytes)
+    clock = tuner.clock
+    t0 = clock()
+    _execute(comm, tensor, plan)
+    tuner.done(slot, clock() - t0)
     return tensor
