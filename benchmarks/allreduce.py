@@ -12,6 +12,14 @@ counts). Rows: ``hpcdl`` (``hpcdl.allreduce`` with each ``--algorithms``
 entry), ``mpi`` (``MPI_Allreduce`` in place through mpi4py) and ``gloo``
 (``torch.distributed.all_reduce``, when torch is installed). ``--device cuda``
 uses CuPy device buffers (and torch CUDA tensors with gloo).
+
+``auto`` learns online (hpcdl/collectives/online.py): before its rows are
+timed, each size runs ``auto`` until its trials are over, and that cost is
+reported on its own (``# auto trials`` lines: calls, time, and the time over
+the same number of calls of the winner); the row's algorithm reads
+``auto>winner``. ``--fresh-tuning`` ignores the cache of earlier jobs (else a
+second run reuses their choices and has no trials). A closing table gives each
+size's ``auto`` time over the best of every other row.
 """
 
 from __future__ import annotations
@@ -21,12 +29,14 @@ import json
 import os
 import socket
 import sys
+import time
 from typing import Any, Callable
 
 import numpy as np
 from mpi4py import MPI
 
 import hpcdl
+from hpcdl.collectives import online
 from hpcdl.tune import powers_of_4, time_op
 
 HEADER = (f"{'size(B)':>12} {'count':>11} {'dtype':>8} {'impl':>5} {'algorithm':>12} "
@@ -48,6 +58,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds of timed iterations per row (fewer for huge sizes)")
     p.add_argument("--rounds", type=int, default=3,
                    help="repeat every case this many times, order rotated; keep the best")
+    p.add_argument("--fresh-tuning", action="store_true",
+                   help="auto: ignore the tuning cache of earlier jobs (trials at every size)")
     p.add_argument("--json", metavar="FILE", help="write the rows as a JSON list")
     return p.parse_args(argv)
 
@@ -96,6 +108,48 @@ def show(r: dict[str, Any]) -> str:
             f"{r['busbw_GBps']:>12.3f}")
 
 
+def run_trials(comm: Any, buf: Any, nbytes: int, n: int) -> dict[str, Any]:
+    """Call ``auto`` on ``buf`` until its size class has a winner; what that cost."""
+    t0 = time.perf_counter()
+    calls = 0
+    tuner = online.existing(comm)
+    while online.enabled() and n > 1 and (
+            tuner is None or tuner.slot(buf.nbytes, buf.dtype).trialing):
+        hpcdl.allreduce(buf, algorithm="auto")
+        calls += 1
+        tuner = online.existing(comm)
+    seconds = time.perf_counter() - t0
+    slot = tuner.slot(buf.nbytes, buf.dtype) if tuner is not None else None
+    winner = slot.winner if slot is not None else None
+    extra = seconds - calls * slot.seconds if slot is not None else 0.0
+    out = {"bytes": nbytes, "calls": calls, "seconds": seconds, "over_winner_s": extra,
+           "winner": winner, "source": slot.source if slot is not None else "off"}
+    if comm.rank == 0:
+        print(f"# auto trials {nbytes} B: {calls} calls, {seconds * 1e3:.2f} ms "
+              f"({extra * 1e3:.2f} ms over {calls} calls of the winner), "
+              f"{winner} ({out['source']})", flush=True)
+    return out
+
+
+def summary(rows: list[dict[str, Any]], trials: list[dict[str, Any]]) -> None:
+    """``auto`` against the best other row of each size (same run)."""
+    autos = {r["bytes"]: r for r in rows if r["algorithm"].startswith("auto")}
+    if not autos:
+        return
+    print(f"# {'size(B)':>10} {'auto(us)':>10} {'best(us)':>10} {'best':>14} {'auto/best':>9}")
+    for nbytes, a in autos.items():
+        others = [r for r in rows if r["bytes"] == nbytes and r is not a]
+        if not others:
+            continue
+        b = min(others, key=lambda r: r["time_us"])
+        print(f"# {nbytes:>10d} {a['time_us']:>10.1f} {b['time_us']:>10.1f} "
+              f"{b['impl'] + ':' + b['algorithm']:>14} {a['time_us'] / b['time_us']:>9.3f}")
+    spent = sum(t["seconds"] for t in trials)
+    over = sum(t["over_winner_s"] for t in trials)
+    print(f"# auto trials in all: {sum(t['calls'] for t in trials)} calls, {spent * 1e3:.1f} ms, "
+          f"{over * 1e3:.1f} ms over the winners", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     ctx = hpcdl.init()
@@ -112,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
               f"device {args.device}, hpcdl algorithms {','.join(algorithms)}")
         print(HEADER, flush=True)
     rows: list[dict[str, Any]] = []
+    trials: list[dict[str, Any]] = []
+    if "auto" in algorithms and args.fresh_tuning and online.enabled():
+        online.install(comm, use_cache=False)
     for nbytes in args.sizes:
         count = max(1, nbytes // dtype.itemsize)
         nbytes = count * dtype.itemsize
@@ -128,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         if torch is not None:
             tensor = torch.from_numpy(buf) if args.device == "cpu" else torch.as_tensor(buf)
             cases.append(("gloo", "gloo", lambda: torch.distributed.all_reduce(tensor)))
+        if "auto" in algorithms:
+            trials.append(run_trials(comm, buf, nbytes, n))
         # Several rounds, the order rotated each round, best median kept: on an
         # oversubscribed node the case that runs right after gloo (whose threads
         # linger) or after a size change would otherwise pay for its neighbour.
@@ -139,7 +198,13 @@ def main(argv: list[str] | None = None) -> int:
                                   max_iters=2000)
                 best[i] = min(best[i], seconds)
         for (impl, algorithm, _), seconds in zip(cases, best):
+            t = trials[-1] if algorithm == "auto" and trials else None
+            if t is not None and t["winner"]:
+                algorithm = f"auto>{t['winner']}"
             r = row(impl, algorithm, n, args.dtype, nbytes, count, seconds)
+            if t is not None:  # the trials' cost rides on the auto row, apart from its time
+                r.update(trial_calls=t["calls"], trial_seconds=t["seconds"],
+                         trial_over_winner_s=t["over_winner_s"], tuning=t["source"])
             rows.append(r)
             if ctx.rank == 0:
                 print(show(r), flush=True)
@@ -148,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         comm.barrier()
         torch.distributed.destroy_process_group()
         comm.barrier()
+    if ctx.rank == 0:
+        summary(rows, trials)
     if ctx.rank == 0 and args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

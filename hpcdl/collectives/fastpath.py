@@ -57,6 +57,8 @@ def _make_plan(comm: Any, dtype: np.dtype, op: Any, algorithm: str, nbytes: int)
         _, fn = registry.resolve_allreduce(algorithm, comm, nbytes, dtype)
     except InvalidArgumentError:  # e.g. a chooser naming no algorithm: the general path says so
         return MISS
+    if fn is registry.tuned_allreduce:
+        return _Tuned()
     mpi = getattr(comm, "mpi", None)
     if fn is native_allreduce and mpi is not None and not is_half(dtype) \
             and rop is not ReduceOp.AVG:
@@ -95,10 +97,14 @@ def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any
             if len(plans[1]) >= _PLAN_LIMIT:
                 plans[1].clear()
             plans[1][key] = plan
+    if plan.__class__ is _Tuned:
+        slot = plan.slot
+        if slot is None or slot.calls >= slot.quiet_until or plan.winner is not slot.winner:
+            return _tuned(comm, tensor, op, plan, plans[1])
+        slot.calls += 1  # between checks the winner runs untimed: only the count moves
+        plan = plan.fixed
     if plan is _NOTHING:
         return tensor
-    if plan[3] is registry.tuned_allreduce:
-        return _tuned(comm, tensor, op, plans[1])
     _execute(comm, tensor, plan)
     return tensor
 
@@ -114,20 +120,36 @@ def _execute(comm: Any, tensor: np.ndarray, plan: tuple) -> None:
     registry.run_allreduce(comm, fn, tensor.reshape(-1), rop)
 
 
-def _tuned(comm: Any, tensor: np.ndarray, op: Any, plans: dict) -> np.ndarray:
-    """``auto`` learning online: the algorithm this call runs (online.py), served from
-    its own plan, so that a winning ``native`` costs what a pinned ``native`` does."""
-    tuner = online.tuner_for(comm)
-    slot = tuner.slot(tensor.nbytes, tensor.dtype)
-    name = slot.pick()
+class _Tuned:
+    """The plan of ``auto`` learning online: its size class (online.Slot) and the plan
+    of the class's winner, which serves the calls between two drift checks."""
+
+    __slots__ = ("slot", "winner", "fixed")
+
+    def __init__(self) -> None:
+        self.slot: Any = None
+        self.winner: str | None = None
+        self.fixed: Any = None
+
+
+def _plan_of(comm: Any, tensor: np.ndarray, op: Any, name: str, plans: dict) -> Any:
     key = (tensor.dtype, op, name, tensor.nbytes)
     plan = plans.get(key)
     if plan is None:
-        if len(plans) >= _PLAN_LIMIT:
-            plans.clear()
         plan = plans[key] = _make_plan(comm, tensor.dtype, op, name, tensor.nbytes)
+    return plan
+
+
+def _tuned(comm: Any, tensor: np.ndarray, op: Any, entry: _Tuned, plans: dict) -> np.ndarray:
+    """A call that online.py times: a trial, or one of the winner's calls before a check.
+    Served from the algorithm's own plan, so that native costs what a pinned native does."""
+    tuner = online.tuner_for(comm)
+    slot = entry.slot = tuner.slot(tensor.nbytes, tensor.dtype)
+    plan = _plan_of(comm, tensor, op, slot.pick(), plans)
     clock = tuner.clock
     t0 = clock()
     _execute(comm, tensor, plan)
     tuner.done(slot, clock() - t0)
+    if not slot.trialing and entry.winner is not slot.winner:
+        entry.winner, entry.fixed = slot.winner, _plan_of(comm, tensor, op, slot.winner, plans)
     return tensor

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..ops import ReduceOp, dtype_name
-from .catalog import ALLREDUCE
+from .catalog import ALLREDUCE, invalidate_plans
 from .tune_cache import cache_file, fingerprint, load_choices, save_choice
 
 __all__ = ["mode", "enabled", "tuner_for", "existing", "install", "library_version", "tuned_allreduce", "Tuner", "Slot",
@@ -89,7 +89,7 @@ class Slot:
 
     __slots__ = ("key", "candidates", "nrounds", "calls", "start", "schedule", "samples",
                  "winner", "seconds", "times", "next_check", "interval", "window", "retrials",
-                 "trial_calls", "trial_seconds", "source", "history")
+                 "trial_calls", "trial_seconds", "source", "history", "quiet_until")
 
     def __init__(self, key: str, candidates: list[str], nrounds: int,
                  cached: dict[str, Any] | None) -> None:
@@ -104,6 +104,8 @@ class Slot:
         self.seconds = 0.0
         self.times: dict[str, float] = {}
         self.interval = self.next_check = FIRST_CHECK
+        # calls before this index need no timing: the fast path only counts them
+        self.quiet_until = FIRST_CHECK - WINDOW
         self.source = "trials"
         if cached is not None and cached.get("algorithm") in candidates:
             self.winner, self.seconds = cached["algorithm"], float(cached["seconds"])
@@ -116,8 +118,14 @@ class Slot:
 
     def begin_trials(self) -> None:
         self.start = self.calls
+        self.quiet_until = 0
         self.schedule = [c for _ in range(self.nrounds) for c in self.candidates]
         self.samples = {c: [] for c in self.candidates}
+
+    @property
+    def trialing(self) -> bool:
+        """True while the next call is a trial (the same answer on every rank)."""
+        return self.calls - self.start < len(self.schedule)
 
     def pick(self) -> str:
         """The algorithm this call runs: a function of the call index alone."""
@@ -231,6 +239,7 @@ class Tuner:
         slot.schedule, slot.samples = [], {}
         slot.start = slot.calls
         slot.interval, slot.next_check, slot.window = FIRST_CHECK, slot.calls + FIRST_CHECK, []
+        slot.quiet_until = slot.next_check - WINDOW
         if self.comm.rank == 0:
             if self.cache_path is not None:
                 save_choice(self.cache_path, self._fp, slot.key,
@@ -249,15 +258,20 @@ class Tuner:
             slot.retrials += 1
             slot.begin_trials()
             return
+        if ratio[0] < 1 / DRIFT:
+            # far faster than it won with (a time cached on a busier day): follow, so
+            # that a later slowdown is measured against what this job sees
+            slot.seconds *= float(ratio[0])
         slot.interval = min(slot.interval * 2, MAX_INTERVAL)
         slot.next_check = slot.calls + slot.interval
+        slot.quiet_until = slot.next_check - WINDOW
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per class: the algorithm now used, where it came from, what the trials cost."""
         return {s.key: {"algorithm": s.winner, "source": s.source, "trial_calls": s.trial_calls,
                         "trial_seconds": s.trial_seconds, "retrials": s.retrials,
                         "times": dict(s.times), "history": list(s.history),
-                        "trialing": s.calls - s.start < len(s.schedule)}
+                        "trialing": s.trialing}
                 for s in self._slots.values()}
 
 
@@ -278,6 +292,7 @@ def install(comm: Any, **options: Any) -> Tuner:
     """Collective: give ``comm`` a fresh tuner (``clock``, ``candidates``, ``use_cache``);
     what it learned before is forgotten (the cache is read again)."""
     t = comm._hpcdl_tuner = Tuner(comm, **options)
+    invalidate_plans()  # fast-path plans hold the old tuner's classes
     return t
 
 
