@@ -166,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
               f"device {args.device}, hpcdl algorithms {','.join(algorithms)}")
         print(HEADER, flush=True)
     rows: list[dict[str, Any]] = []
-    trials: list[dict[str, Any]] = []
     if "auto" in algorithms and args.fresh_tuning and online.enabled():
         online.install(comm, use_cache=False)
+    # auto's trials first, for every size, before anything runs gloo (whose threads
+    # linger and would slow the trials down, as they do a training job's first steps)
+    trials = [run_trials(comm, make_buffer(max(1, b // dtype.itemsize), dtype, args.device), b, n)
+              for b in (args.sizes if "auto" in algorithms else [])]
     for nbytes in args.sizes:
         count = max(1, nbytes // dtype.itemsize)
         nbytes = count * dtype.itemsize
@@ -185,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
         if torch is not None:
             tensor = torch.from_numpy(buf) if args.device == "cpu" else torch.as_tensor(buf)
             cases.append(("gloo", "gloo", lambda: torch.distributed.all_reduce(tensor)))
-        if "auto" in algorithms:
-            trials.append(run_trials(comm, buf, nbytes, n))
         # Several rounds, the order rotated each round, best median kept: on an
         # oversubscribed node the case that runs right after gloo (whose threads
         # linger) or after a size change would otherwise pay for its neighbour.
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                                   max_iters=2000)
                 best[i] = min(best[i], seconds)
         for (impl, algorithm, _), seconds in zip(cases, best):
-            t = trials[-1] if algorithm == "auto" and trials else None
+            t = next((t for t in trials if t["bytes"] == nbytes), None) \
+                if algorithm == "auto" else None
             if t is not None and t["winner"]:
                 algorithm = f"auto>{t['winner']}"
             r = row(impl, algorithm, n, args.dtype, nbytes, count, seconds)

@@ -19,7 +19,6 @@ from hpcdl.collectives import online, registry
 from hpcdl.collectives.native import native_allreduce
 from hpcdl.collectives.tune_cache import cache_file, fingerprint, load_choices, save_choice
 from hpcdl.errors import InvalidArgumentError
-from hpcdl.ops import ReduceOp
 
 from conftest import group_params, on_group
 from numpy_reference import Failures, all_inputs, close, reduce_reference
@@ -183,6 +182,30 @@ def test_drift_retrials_a_bounded_number_of_times(group):
         failures.expect("result", bool(np.all(x == comm.size)))
         failures.assert_none()
     on_group(group, body, timeout=120)
+
+
+@pytest.mark.parametrize("group", group_params((2, 3)))
+def test_trials_under_load_that_goes_away_are_run_again(group):
+    """Trials under load (every time 10x, t_b ahead); the load goes and t_a is the
+    fastest: the winner now runs far faster than it won with, which is a drift too."""
+    def body(comm):
+        tuner, clock = _setup(comm, {"t_a": 12.0, "t_b": 10.0, "t_c": 30.0})
+        x = np.ones(N)
+        trials = 3 * online.rounds(N * 8)
+        for _ in range(trials):
+            hpcdl.allreduce(x, comm=comm)
+        first = _winner(tuner)["history"]
+        clock.costs = {"t_a": 1.0, "t_b": 1.5, "t_c": 3.0}
+        for _ in range(online.FIRST_CHECK + trials + 1):
+            x[:] = 1
+            hpcdl.allreduce(x, comm=comm)
+        entry = _winner(tuner)
+        failures = Failures()
+        failures.expect("history", (first, entry["history"]) == (["t_b"], ["t_b", "t_a"]),
+                        f"{first} {entry}")
+        failures.expect("result", bool(np.all(x == comm.size)))
+        failures.assert_none()
+    on_group(group, body)
 
 
 @pytest.mark.parametrize("group", group_params((2, 3)))

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import torch
 
-import hpcdl
 from hpcdl.collectives import online, registry
 from hpcdl.collectives.chunked import chunked_allreduce
 from hpcdl.collectives.native import native_allreduce
@@ -84,7 +83,8 @@ def test_distributed_optimizer_buckets_follow_the_schedule(ctx, spies):
     report = tuner.report()
     history = {k: v["history"] for k, v in report.items()}
     seen = _agreed(comm, spies, history)
-    diff = max(float((p - q).detach().abs().max()) for p, q in zip(model.parameters(), ref.parameters()))
+    diff = max(float((p - q).detach().abs().max())
+               for p, q in zip(model.parameters(), ref.parameters()))
     assert all(s == seen[0] for s in seen), seen
     # 2 candidates x 10 rounds per class (20 more if a drift check asked for a re-trial)
     assert len(report) >= 2 and all(v["history"] and v["trial_calls"] in (20, 40, 60)

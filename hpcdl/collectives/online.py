@@ -8,18 +8,20 @@ candidate alike). Which algorithm a call runs is a function of the call's
 index in its class alone, so every rank runs the same one (different
 algorithms on different ranks would deadlock).
 
-Each rank times its own calls. At the last trial every rank puts the median
-of its samples per candidate into one small ``MAX`` allreduce (a collective is
-as slow as its slowest rank): all ranks get the same vector and pick the same
+Each rank times its own calls. At the last trial every rank puts the lower
+quartile of its samples per candidate (robust to the first call's set-up and
+to a neighbour's bursts) into one small ``MAX`` allreduce (a collective is as
+slow as its slowest rank): all ranks get the same vector and pick the same
 winner. ``native`` wins unless another beats it by 5% (as in ``hpcdl tune``).
 Later calls run the winner.
 
 No flapping: the winner's own time is checked after 64 calls, then every
 128, 256, ... up to 4096 calls: the median of its last 8 calls over the time
 it won with, agreed with a ``MIN`` allreduce (every rank must see it). Only
-when that ratio exceeds :data:`DRIFT` (2x) do the trials run again, at most
-:data:`MAX_RETRIALS` times per class and job, and then a challenger must beat
-the incumbent by 10% to replace it.
+when it has drifted by more than :data:`DRIFT` (2x slower, or 2x faster: the
+trials ran under load that has gone, or the cached time came from another
+day) do the trials run again, at most :data:`MAX_RETRIALS` times per class and
+job, and then a challenger must beat the incumbent by 10% to replace it.
 
 Winners are saved by rank 0 in the cache folder (:mod:`.tune_cache`, one file
 per machine fingerprint) and reused by the next job without trials; the cache
@@ -49,10 +51,10 @@ from ..ops import ReduceOp, dtype_name
 from .catalog import ALLREDUCE, invalidate_plans
 from .tune_cache import cache_file, fingerprint, load_choices, save_choice
 
-__all__ = ["mode", "enabled", "tuner_for", "existing", "install", "library_version", "tuned_allreduce", "Tuner", "Slot",
-           "rounds", "DRIFT", "MAX_RETRIALS"]
+__all__ = ["mode", "enabled", "tuner_for", "existing", "install", "library_version",
+           "tuned_allreduce", "Tuner", "Slot", "rounds", "DRIFT", "MAX_RETRIALS"]
 
-DRIFT = 2.0          # re-trial when the winner runs this many times slower than it won with
+DRIFT = 2.0          # re-trial when the winner runs this many times slower (or faster)
 MAX_RETRIALS = 2     # per class and job: a machine whose speed swings cannot make auto flap
 KEEP_MARGIN = 0.10   # on a re-trial the incumbent stays unless beaten by this fraction
 NATIVE_MARGIN = 0.05  # as hpcdl tune: another algorithm must beat native by this fraction
@@ -225,7 +227,8 @@ class Tuner:
                 self._check(slot)
 
     def _decide(self, slot: Slot) -> None:
-        times = np.array([np.median(slot.samples[c]) for c in slot.candidates], np.float64)
+        times = np.array([np.percentile(slot.samples[c], 25) for c in slot.candidates],
+                         np.float64)
         self.comm.allreduce(times, ReduceOp.MAX)  # identical on every rank from here on
         agreed = dict(zip(slot.candidates, (float(t) for t in times)))
         best = min(slot.candidates, key=agreed.__getitem__)  # ties: the first listed
@@ -251,17 +254,16 @@ class Tuner:
                                  f"{slot.trial_calls} trial calls)\n")
 
     def _check(self, slot: Slot) -> None:
-        ratio = np.array([np.median(slot.window) / slot.seconds if slot.seconds > 0 else 1.0])
+        now = float(np.median(slot.window))
+        ratio = now / slot.seconds if slot.seconds > 0 and now > 0 else 1.0
         slot.window = []
-        self.comm.allreduce(ratio, ReduceOp.MIN)  # every rank must see the slowdown
-        if ratio[0] > DRIFT and slot.retrials < MAX_RETRIALS:
+        # [slower, faster]: MIN over ranks, so that a drift counts only when every rank sees it
+        drift = np.array([ratio, 1.0 / ratio])
+        self.comm.allreduce(drift, ReduceOp.MIN)
+        if max(drift) > DRIFT and slot.retrials < MAX_RETRIALS:
             slot.retrials += 1
             slot.begin_trials()
             return
-        if ratio[0] < 1 / DRIFT:
-            # far faster than it won with (a time cached on a busier day): follow, so
-            # that a later slowdown is measured against what this job sees
-            slot.seconds *= float(ratio[0])
         slot.interval = min(slot.interval * 2, MAX_INTERVAL)
         slot.next_check = slot.calls + slot.interval
         slot.quiet_until = slot.next_check - WINDOW

@@ -33,7 +33,7 @@ FORMAT = 1
 
 
 def cache_dir() -> Path:
-    """hpcdl's cache folder: ``$HPCDL_CACHE_DIR``, ``$XDG_CACHE_HOME/hpcdl`` or ``~/.cache/hpcdl``."""
+    """hpcdl's cache folder: ``$HPCDL_CACHE_DIR``, ``$XDG_CACHE_HOME/hpcdl``, ``~/.cache/hpcdl``."""
     explicit = os.environ.get("HPCDL_CACHE_DIR")
     if explicit:
         return Path(explicit)
