@@ -14,10 +14,12 @@ entry), ``mpi`` (``MPI_Allreduce`` in place through mpi4py) and ``gloo``
 uses CuPy device buffers (and torch CUDA tensors with gloo).
 
 ``auto`` learns online (hpcdl/collectives/online.py): before its rows are
-timed, each size runs ``auto`` until its trials are over, and that cost is
+timed, each size runs ``auto`` until it has settled (trials over and a first
+drift check passed, which may re-try them), and that cost is
 reported on its own (``# auto trials`` lines: calls, time, and the time over
 the same number of calls of the winner); the row's algorithm reads
-``auto>winner``. ``--fresh-tuning`` ignores the cache of earlier jobs (else a
+``auto>winner``, the winner after the timed rounds (a drift check may have
+re-tried). ``--fresh-tuning`` ignores the cache of earlier jobs (else a
 second run reuses their choices and has no trials). A closing table gives each
 size's ``auto`` time over the best of every other row.
 """
@@ -109,18 +111,21 @@ def show(r: dict[str, Any]) -> str:
 
 
 def run_trials(comm: Any, buf: Any, nbytes: int, n: int) -> dict[str, Any]:
-    """Call ``auto`` on ``buf`` until its size class has a winner; what that cost."""
+    """Call ``auto`` on ``buf`` until its size class has settled (trials over, and the
+    first drift check passed: it may re-try when the trials ran under other load than
+    now); what that cost."""
     t0 = time.perf_counter()
     calls = 0
     tuner = online.existing(comm)
     while online.enabled() and n > 1 and (
-            tuner is None or tuner.slot(buf.nbytes, buf.dtype).trialing):
+            tuner is None or not tuner.slot(buf.nbytes, buf.dtype).settled):
         hpcdl.allreduce(buf, algorithm="auto")
         calls += 1
         tuner = online.existing(comm)
     seconds = time.perf_counter() - t0
     slot = tuner.slot(buf.nbytes, buf.dtype) if tuner is not None else None
     winner = slot.winner if slot is not None else None
+    # the time over as many calls of the winner, at the speed the drift check saw
     extra = seconds - calls * slot.seconds if slot is not None else 0.0
     out = {"bytes": nbytes, "calls": calls, "seconds": seconds, "over_winner_s": extra,
            "winner": winner, "source": slot.source if slot is not None else "off"}
@@ -138,7 +143,7 @@ def summary(rows: list[dict[str, Any]], trials: list[dict[str, Any]]) -> None:
         return
     print(f"# {'size(B)':>10} {'auto(us)':>10} {'best(us)':>10} {'best':>14} {'auto/best':>9}")
     for nbytes, a in autos.items():
-        others = [r for r in rows if r["bytes"] == nbytes and r is not a]
+        others = [r for r in rows if r["bytes"] == nbytes and r is not a and r["impl"] != "gloo"]
         if not others:
             continue
         b = min(others, key=lambda r: r["time_us"])
@@ -201,12 +206,15 @@ def main(argv: list[str] | None = None) -> int:
         for (impl, algorithm, _), seconds in zip(cases, best):
             t = next((t for t in trials if t["bytes"] == nbytes), None) \
                 if algorithm == "auto" else None
-            if t is not None and t["winner"]:
-                algorithm = f"auto>{t['winner']}"
+            tuner = online.existing(comm) if t is not None else None
+            slot = tuner.slot(buf.nbytes, buf.dtype) if tuner is not None else None
+            if slot is not None:  # what it runs now: a drift check may have re-tried
+                algorithm = f"auto>{slot.winner}"
             r = row(impl, algorithm, n, args.dtype, nbytes, count, seconds)
             if t is not None:  # the trials' cost rides on the auto row, apart from its time
                 r.update(trial_calls=t["calls"], trial_seconds=t["seconds"],
-                         trial_over_winner_s=t["over_winner_s"], tuning=t["source"])
+                         trial_over_winner_s=t["over_winner_s"], tuning=t["source"],
+                         first_winner=t["winner"], retrials=slot.retrials if slot else 0)
             rows.append(r)
             if ctx.rank == 0:
                 print(show(r), flush=True)

@@ -138,8 +138,8 @@ def test_noise_does_not_make_auto_flap(group):
             if not np.all(x == comm.size * (comm.size + 1) // 2):
                 failures.expect(f"call {i}", False, "wrong sum")
         entry = _winner(tuner)
-        failures.expect("one decision", entry["history"] == ["t_a"] and entry["retrials"] == 0,
-                        f"{entry}")
+        failures.expect("one decision", entry["history"] == ["t_a"] and entry["retrials"] == 0
+                        and entry["settled"], f"{entry}")
         failures.expect("only the winner after the trials", clock.calls["t_b"] == trials // 3
                         and clock.calls["t_c"] == trials // 3, f"{clock.calls}")
         failures.assert_none()

@@ -129,6 +129,12 @@ class Slot:
         """True while the next call is a trial (the same answer on every rank)."""
         return self.calls - self.start < len(self.schedule)
 
+    @property
+    def settled(self) -> bool:
+        """Past the trials and past a drift check that kept the winner (or out of
+        re-trials): what a benchmark of the steady state waits for."""
+        return not self.trialing and (self.interval > FIRST_CHECK or self.retrials >= MAX_RETRIALS)
+
     def pick(self) -> str:
         """The algorithm this call runs: a function of the call index alone."""
         i = self.calls - self.start
@@ -273,7 +279,7 @@ class Tuner:
         return {s.key: {"algorithm": s.winner, "source": s.source, "trial_calls": s.trial_calls,
                         "trial_seconds": s.trial_seconds, "retrials": s.retrials,
                         "times": dict(s.times), "history": list(s.history),
-                        "trialing": s.trialing}
+                        "trialing": s.trialing, "settled": s.settled}
                 for s in self._slots.values()}
 
 
