@@ -276,3 +276,22 @@ def test_bad_candidates_name_rank_0_and_the_names(ctx, monkeypatch):
     monkeypatch.setenv("HPCDL_TUNE_CANDIDATES", "native,warp")
     with pytest.raises(InvalidArgumentError, match=r"rank \d+.*unknown \['warp'\]"):
         online.install(comm)
+
+
+def test_cache_folder_and_fingerprint(monkeypatch, tmp_path):
+    """HPCDL_CACHE_DIR wins over XDG_CACHE_HOME; host digits are masked (node017 and
+    node042 share a file); the MPI text's trailing NUL does not reach the file."""
+    from hpcdl.collectives import tune_cache
+
+    monkeypatch.setenv("HPCDL_CACHE_DIR", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert tune_cache.cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("HPCDL_CACHE_DIR")
+    assert tune_cache.cache_dir() == tmp_path / "x" / "hpcdl"
+    prints = []
+    for host in ("node017", "node042", "login1"):
+        monkeypatch.setattr(tune_cache.socket, "gethostname", lambda host=host: host)
+        prints.append(fingerprint("Open MPI v5.0.11, ident\x00\nmore"))
+    assert prints[0] == prints[1] != prints[2]
+    assert prints[0]["host"] == "node#" and prints[0]["mpi"] == "Open MPI v5.0.11, ident"
+    assert cache_file(prints[0]) == cache_file(prints[1]) != cache_file(prints[2])

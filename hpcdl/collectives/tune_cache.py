@@ -56,8 +56,9 @@ def fingerprint(mpi_library: str) -> dict[str, Any]:
     """What makes two machines "of the same kind" for tuning purposes."""
     from .. import __version__
 
+    mpi = mpi_library.replace("\x00", "").strip()  # mpi4py's text may end in a NUL
     return {"host": re.sub(r"\d+", "#", socket.gethostname()), "cpu": _cpu_model(),
-            "cpus": os.cpu_count() or 1, "mpi": mpi_library.splitlines()[0] if mpi_library else "",
+            "cpus": os.cpu_count() or 1, "mpi": mpi.split("\n")[0],
             "hpcdl": __version__, "format": FORMAT}
 
 
