@@ -12,6 +12,16 @@ counts). Rows: ``hpcdl`` (``hpcdl.allreduce`` with each ``--algorithms``
 entry), ``mpi`` (``MPI_Allreduce`` in place through mpi4py) and ``gloo``
 (``torch.distributed.all_reduce``, when torch is installed). ``--device cuda``
 uses CuPy device buffers (and torch CUDA tensors with gloo).
+
+``auto`` learns online (hpcdl/collectives/online.py): before its rows are
+timed, each size runs ``auto`` until it has settled (trials over and a first
+drift check passed, which may re-try them), and that cost is
+reported on its own (``# auto trials`` lines: calls, time, and the time over
+the same number of calls of the winner); the row's algorithm reads
+``auto>winner``, the winner after the timed rounds (a drift check may have
+re-tried). ``--fresh-tuning`` ignores the cache of earlier jobs (else a
+second run reuses their choices and has no trials). A closing table gives each
+size's ``auto`` time over the best of every other row.
 """
 
 from __future__ import annotations
@@ -21,12 +31,14 @@ import json
 import os
 import socket
 import sys
+import time
 from typing import Any, Callable
 
 import numpy as np
 from mpi4py import MPI
 
 import hpcdl
+from hpcdl.collectives import online
 from hpcdl.tune import powers_of_4, time_op
 
 HEADER = (f"{'size(B)':>12} {'count':>11} {'dtype':>8} {'impl':>5} {'algorithm':>12} "
@@ -48,6 +60,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds of timed iterations per row (fewer for huge sizes)")
     p.add_argument("--rounds", type=int, default=3,
                    help="repeat every case this many times, order rotated; keep the best")
+    p.add_argument("--fresh-tuning", action="store_true",
+                   help="auto: ignore the tuning cache of earlier jobs (trials at every size)")
     p.add_argument("--json", metavar="FILE", help="write the rows as a JSON list")
     return p.parse_args(argv)
 
@@ -96,6 +110,51 @@ def show(r: dict[str, Any]) -> str:
             f"{r['busbw_GBps']:>12.3f}")
 
 
+def run_trials(comm: Any, buf: Any, nbytes: int, n: int) -> dict[str, Any]:
+    """Call ``auto`` on ``buf`` until its size class has settled (trials over, and the
+    first drift check passed: it may re-try when the trials ran under other load than
+    now); what that cost."""
+    t0 = time.perf_counter()
+    calls = 0
+    tuner = online.existing(comm)
+    while online.enabled() and n > 1 and (
+            tuner is None or not tuner.slot(buf.nbytes, buf.dtype).settled):
+        hpcdl.allreduce(buf, algorithm="auto")
+        calls += 1
+        tuner = online.existing(comm)
+    seconds = time.perf_counter() - t0
+    slot = tuner.slot(buf.nbytes, buf.dtype) if tuner is not None else None
+    winner = slot.winner if slot is not None else None
+    # the time over as many calls of the winner, at the speed the drift check saw
+    extra = seconds - calls * slot.seconds if slot is not None else 0.0
+    out = {"bytes": nbytes, "calls": calls, "seconds": seconds, "over_winner_s": extra,
+           "winner": winner, "source": slot.source if slot is not None else "off"}
+    if comm.rank == 0:
+        print(f"# auto trials {nbytes} B: {calls} calls, {seconds * 1e3:.2f} ms "
+              f"({extra * 1e3:.2f} ms over {calls} calls of the winner), "
+              f"{winner} ({out['source']})", flush=True)
+    return out
+
+
+def summary(rows: list[dict[str, Any]], trials: list[dict[str, Any]]) -> None:
+    """``auto`` against the best other row of each size (same run)."""
+    autos = {r["bytes"]: r for r in rows if r["algorithm"].startswith("auto")}
+    if not autos:
+        return
+    print(f"# {'size(B)':>10} {'auto(us)':>10} {'best(us)':>10} {'best':>14} {'auto/best':>9}")
+    for nbytes, a in autos.items():
+        others = [r for r in rows if r["bytes"] == nbytes and r is not a and r["impl"] != "gloo"]
+        if not others:
+            continue
+        b = min(others, key=lambda r: r["time_us"])
+        print(f"# {nbytes:>10d} {a['time_us']:>10.1f} {b['time_us']:>10.1f} "
+              f"{b['impl'] + ':' + b['algorithm']:>14} {a['time_us'] / b['time_us']:>9.3f}")
+    spent = sum(t["seconds"] for t in trials)
+    over = sum(t["over_winner_s"] for t in trials)
+    print(f"# auto trials in all: {sum(t['calls'] for t in trials)} calls, {spent * 1e3:.1f} ms, "
+          f"{over * 1e3:.1f} ms over the winners", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     ctx = hpcdl.init()
@@ -112,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
               f"device {args.device}, hpcdl algorithms {','.join(algorithms)}")
         print(HEADER, flush=True)
     rows: list[dict[str, Any]] = []
+    if "auto" in algorithms and args.fresh_tuning and online.enabled():
+        online.install(comm, use_cache=False)
+    # auto's trials first, for every size, before anything runs gloo (whose threads
+    # linger and would slow the trials down, as they do a training job's first steps)
+    trials = [run_trials(comm, make_buffer(max(1, b // dtype.itemsize), dtype, args.device), b, n)
+              for b in (args.sizes if "auto" in algorithms else [])]
     for nbytes in args.sizes:
         count = max(1, nbytes // dtype.itemsize)
         nbytes = count * dtype.itemsize
@@ -139,7 +204,17 @@ def main(argv: list[str] | None = None) -> int:
                                   max_iters=2000)
                 best[i] = min(best[i], seconds)
         for (impl, algorithm, _), seconds in zip(cases, best):
+            t = next((t for t in trials if t["bytes"] == nbytes), None) \
+                if algorithm == "auto" else None
+            tuner = online.existing(comm) if t is not None else None
+            slot = tuner.slot(buf.nbytes, buf.dtype) if tuner is not None else None
+            if slot is not None:  # what it runs now: a drift check may have re-tried
+                algorithm = f"auto>{slot.winner}"
             r = row(impl, algorithm, n, args.dtype, nbytes, count, seconds)
+            if t is not None:  # the trials' cost rides on the auto row, apart from its time
+                r.update(trial_calls=t["calls"], trial_seconds=t["seconds"],
+                         trial_over_winner_s=t["over_winner_s"], tuning=t["source"],
+                         first_winner=t["winner"], retrials=slot.retrials if slot else 0)
             rows.append(r)
             if ctx.rank == 0:
                 print(show(r), flush=True)
@@ -148,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         comm.barrier()
         torch.distributed.destroy_process_group()
         comm.barrier()
+    if ctx.rank == 0:
+        summary(rows, trials)
     if ctx.rank == 0 and args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

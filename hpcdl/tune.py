@@ -12,6 +12,11 @@ resulting ``[max_bytes, algorithm]`` rules into the JSON table at ``--out``
 (default ``~/.cache/hpcdl/tuning.json``, where ``auto`` looks; see
 :mod:`hpcdl.collectives.select`). A boundary between two measured sizes is
 put at their geometric mean.
+
+The table is fixed: ``auto`` follows it with ``HPCDL_TUNE=off`` (or when
+``HPCDL_TUNING_FILE`` names it), for clusters that want the same choice in
+every job. By default ``auto`` learns online in each job instead
+(:mod:`hpcdl.collectives.online`), caching its choices per machine kind.
 """
 
 from __future__ import annotations
@@ -205,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rc = run_at_ranks("hpcdl tune", "hpcdl.tune", args.ranks, passthrough)
     if rc:
         return rc
-    print(f"hpcdl tune: wrote {args.out}; 'auto' uses it (HPCDL_TUNING_FILE overrides)")
+    print(f"hpcdl tune: wrote {args.out}; 'auto' follows it with HPCDL_TUNE=off or "
+          f"HPCDL_TUNING_FILE={args.out} (else it learns online)")
     return 0
 
 

@@ -9,7 +9,9 @@ them in a serial run. GPU tests are marked ``gpu`` and skip unless
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -29,6 +31,16 @@ def gpu_available() -> bool:
 
 
 def pytest_configure(config):
+    # Online tuning (hpcdl/collectives/online.py) lets 'auto' run another algorithm in
+    # another job, so float results may differ in the last bits between two jobs: tests
+    # that compare jobs bit for bit need the fixed table. The suite runs with it (export
+    # HPCDL_TUNE=on to run it tuned); test_online_tune*.py switch tuning on where they
+    # test it. Never the user's cache folder.
+    os.environ.setdefault("HPCDL_TUNE", "off")
+    if "HPCDL_CACHE_DIR" not in os.environ:
+        cache = tempfile.mkdtemp(prefix="hpcdl-test-cache-")
+        os.environ["HPCDL_CACHE_DIR"] = cache
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
     # Under mpiexec every rank is its own pytest process; sharing the default
     # /tmp/pytest-of-<user> lets one rank's cleanup race another's tmp_path.
     rank = launched_rank()

@@ -22,7 +22,7 @@ from .. import runtime, trace
 from ..comm.mpi import _MPI_OPS, mpi_datatype, mpi_error
 from ..errors import InvalidArgumentError
 from ..ops import SUPPORTED_DTYPES, ReduceOp, is_half
-from . import catalog, registry
+from . import catalog, online, registry
 from .debug import debug_enabled
 from .native import native_allreduce
 
@@ -57,6 +57,8 @@ def _make_plan(comm: Any, dtype: np.dtype, op: Any, algorithm: str, nbytes: int)
         _, fn = registry.resolve_allreduce(algorithm, comm, nbytes, dtype)
     except InvalidArgumentError:  # e.g. a chooser naming no algorithm: the general path says so
         return MISS
+    if fn is registry.tuned_allreduce:
+        return _Tuned()
     mpi = getattr(comm, "mpi", None)
     if fn is native_allreduce and mpi is not None and not is_half(dtype) \
             and rop is not ReduceOp.AVG:
@@ -95,14 +97,59 @@ def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any
             if len(plans[1]) >= _PLAN_LIMIT:
                 plans[1].clear()
             plans[1][key] = plan
+    if plan.__class__ is _Tuned:
+        slot = plan.slot
+        if slot is None or slot.calls >= slot.quiet_until or plan.winner is not slot.winner:
+            return _tuned(comm, tensor, op, plan, plans[1])
+        slot.calls += 1  # between checks the winner runs untimed: only the count moves
+        plan = plan.fixed
     if plan is _NOTHING:
         return tensor
+    _execute(comm, tensor, plan)
+    return tensor
+
+
+def _execute(comm: Any, tensor: np.ndarray, plan: tuple) -> None:
     mpi, datatype, mpi_op, fn, rop = plan
     if mpi is not None:
         try:
             mpi.Allreduce(_IN_PLACE, [tensor, datatype], mpi_op)
         except Exception as exc:  # an MPI error: report it like the general path does
             raise mpi_error(exc, comm, "allreduce") from exc
-        return tensor
+        return
     registry.run_allreduce(comm, fn, tensor.reshape(-1), rop)
+
+
+class _Tuned:
+    """The plan of ``auto`` learning online: its size class (online.Slot) and the plan
+    of the class's winner, which serves the calls between two drift checks."""
+
+    __slots__ = ("slot", "winner", "fixed")
+
+    def __init__(self) -> None:
+        self.slot: Any = None
+        self.winner: str | None = None
+        self.fixed: Any = None
+
+
+def _plan_of(comm: Any, tensor: np.ndarray, op: Any, name: str, plans: dict) -> Any:
+    key = (tensor.dtype, op, name, tensor.nbytes)
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = _make_plan(comm, tensor.dtype, op, name, tensor.nbytes)
+    return plan
+
+
+def _tuned(comm: Any, tensor: np.ndarray, op: Any, entry: _Tuned, plans: dict) -> np.ndarray:
+    """A call that online.py times: a trial, or one of the winner's calls before a check.
+    Served from the algorithm's own plan, so that native costs what a pinned native does."""
+    tuner = online.tuner_for(comm)
+    slot = entry.slot = tuner.slot(tensor.nbytes, tensor.dtype)
+    plan = _plan_of(comm, tensor, op, slot.pick(), plans)
+    clock = tuner.clock
+    t0 = clock()
+    _execute(comm, tensor, plan)
+    tuner.done(slot, clock() - t0)
+    if not slot.trialing and entry.winner is not slot.winner:
+        entry.winner, entry.fixed = slot.winner, _plan_of(comm, tensor, op, slot.winner, plans)
     return tensor

@@ -3,8 +3,8 @@
 The choice comes from a crossover table (JSON), looked up in this order:
 
 1. ``$HPCDL_TUNING_FILE`` when set;
-2. ``$XDG_CACHE_HOME/hpcdl/tuning.json`` (default ``~/.cache/hpcdl/tuning.json``),
-   which ``hpcdl tune`` writes;
+2. ``tuning.json`` in hpcdl's cache folder (``$HPCDL_CACHE_DIR``, else
+   ``$XDG_CACHE_HOME/hpcdl``, else ``~/.cache/hpcdl``), which ``hpcdl tune`` writes;
 3. the table shipped with hpcdl (``default_tuning.json`` beside this file).
 
 Format::
@@ -24,6 +24,10 @@ the nearest smaller one listed (else the smallest).
 
 The table is read once per process; :func:`reload` forgets it (after changing
 the environment or rewriting the file).
+
+This is what ``auto`` runs with ``HPCDL_TUNE=off``, on one rank, inside
+``hierarchical`` (each level) and for device buffers on a CUDA-aware MPI; by
+default ``auto`` learns online instead (:mod:`hpcdl.collectives.online`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import numpy as np
 from ..errors import InvalidArgumentError
 from ..ops import is_half
 from .catalog import ALLREDUCE, invalidate_plans
+from .tune_cache import cache_dir
 
 __all__ = ["choose", "choose_flat", "table_path", "load_table", "reload", "validate_table",
            "DEFAULT_TABLE", "user_table_path"]
@@ -51,9 +56,9 @@ _rules: dict[tuple[int, bool], tuple[list[int], list[str]]] = {}
 
 
 def user_table_path() -> Path:
-    """Where ``hpcdl tune`` writes by default (and ``auto`` looks second)."""
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "hpcdl" / "tuning.json"
+    """Where ``hpcdl tune`` writes by default (and ``auto`` looks second): ``tuning.json``
+    in hpcdl's cache folder (:func:`~hpcdl.collectives.tune_cache.cache_dir`)."""
+    return cache_dir() / "tuning.json"
 
 
 def table_path() -> Path:

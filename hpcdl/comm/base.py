@@ -63,6 +63,8 @@ class CommState:
     _hpcdl_scratch: dict[str, np.ndarray] | None = None
     #: collectives/hierarchical.py (runtime.init() for the default communicator): node layout
     _hpcdl_nodes: Any = None
+    #: collectives/online.py: what ``auto`` learned online on this communicator
+    _hpcdl_tuner: Any = None
     #: collectives/staging.py: ``{(backend, device): (d2h stream, h2d stream)}``
     _staging_streams: dict[Any, tuple[Any, Any]] | None = None
 
