@@ -20,7 +20,8 @@ from hpcdl.kernels import SOURCES, name_expressions
 from hpcdl.kernels.cpu import build
 from hpcdl.kernels.cpu.cases import assert_same, cases
 from hpcdl.kernels.cpu.runner import CpuMultiTensor, Harness, HarnessError
-from hpcdl.kernels.launch_args import THREADS, absmax_args, pack_args
+from hpcdl.kernels import reference as ref
+from hpcdl.kernels.launch_args import THREADS, absmax_args, pack_args, quantize_args, reduce_args
 from hpcdl.kernels.layout import FusionLayout
 
 _WHY = build.missing()
@@ -128,3 +129,31 @@ def test_each_known_bug_fails_the_harness(tmp_path):
     assert "FAIL quantize-one-random" in shuffle and "chunk_absmax" in shuffle
     assert "heap-buffer-overflow" in (tmp_path / "tail-i-le-n.txt").read_text()
     assert "ThreadSanitizer: data race" in (tmp_path / "no-second-syncthreads.txt").read_text()
+
+
+def test_subnormals_are_kept_as_the_gpu_build_keeps_them(harness):
+    # hpcdl compiles with -ftz=false (hpcdl/kernels/nvrtc.py; tests/test_kernels_ptx.py checks
+    # the PTX): a chunk of float32 subnormals keeps its absmax, gets scale 2**k > 1 and is sent
+    # as non-zero float16; a flushing build would report absmax 0, scale 1 and send zeros.
+    x = (np.arange(1, 65, dtype=np.float32) * np.float32(1e-40))
+    assert (np.abs(x) < np.finfo(np.float32).tiny).all()
+    lay = FusionLayout((x.size,), (x.dtype,), 64)
+    mt = CpuMultiTensor(harness, [x], lay)
+    m = harness.alloc(4)
+    harness.launch("hpcdl_chunk_absmax", 1, mt.head() + absmax_args(m))
+    got = harness.download(m, 1, np.float32)
+    assert got[0] == x.max() and got[0] > 0
+    out, scales = harness.alloc(64 * 2), harness.alloc(4)
+    harness.launch("hpcdl_quantize_fp16", 1,
+                   mt.head() + quantize_args(m, 1, out, scales, 0))
+    assert harness.download(scales, 1, np.float32)[0] == np.float32(2.0**126)
+    q = harness.download(out, 64, np.float16)
+    assert (q != 0).all()
+    ref_q, ref_s = ref.quantize_fp16([x], lay, ref.chunk_absmax([x], lay), 1)
+    assert_same(q, ref_q, "quantize of subnormals")
+    # reduce: subnormal + subnormal stays subnormal (not 0)
+    a, b = harness.upload(x), harness.upload(x)
+    harness.launch("hpcdl_reduce<float, 0>", 1, reduce_args(a, b, x.size))
+    assert_same(harness.download(a, x.size, np.float32), x + x, "sum of subnormals")
+    assert (x + x != 0).all()
+    harness.free_all()
