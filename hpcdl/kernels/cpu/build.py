@@ -21,7 +21,7 @@ from .. import KERNEL_DIR, cuda_include_dirs
 __all__ = ["HARNESS_DIR", "FLAVOURS", "compiler", "missing", "build", "sanitizer_env"]
 
 HARNESS_DIR = Path(__file__).resolve().parent
-BASE_FLAGS = ("-std=c++17", "-g", "-fPIC", "-shared", "-pthread", "-Wall", "-Wextra",
+BASE_FLAGS = ("-std=c++17", "-g1", "-fPIC", "-shared", "-pthread", "-Wall", "-Wextra",
               "-Wno-unknown-pragmas",
               # the kernels' _rn intrinsics are single IEEE operations only if nothing fuses
               # them; and subnormals stay (no -ffast-math): the GPU build's -ftz=false
