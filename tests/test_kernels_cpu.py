@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from hpcdl.kernels import SOURCES, name_expressions
+from hpcdl.kernels import reference as ref
 from hpcdl.kernels.cpu import build
 from hpcdl.kernels.cpu.cases import assert_same, cases
 from hpcdl.kernels.cpu.runner import CpuMultiTensor, Harness, HarnessError
-from hpcdl.kernels import reference as ref
 from hpcdl.kernels.launch_args import THREADS, absmax_args, pack_args, quantize_args, reduce_args
 from hpcdl.kernels.layout import FusionLayout
 
@@ -103,19 +103,26 @@ def test_shuffle_refuses_a_mask_naming_absent_lanes(harness):
     harness.free_all()
 
 
-def _check(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(_CHECK), *args], capture_output=True, text=True,
-                          timeout=1800)
-
-
 @pytest.mark.spawns
-@pytest.mark.parametrize("flavour", ["asan", "tsan"])
-def test_every_case_is_clean_under_sanitizers(flavour):
+def test_every_case_is_clean_under_sanitizers():
+    # ASan+UBSan and TSan at once (two children: the harness leaves cores idle at barriers);
     # a small grid (1 and 2 blocks): a sanitizer run costs 5-20x a plain one
-    res = _check("--flavour", flavour, "--grids", "1,2")
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-8000:]
-    assert f"({flavour}, " in out and "cases match the reference" in out
+    procs = {f: subprocess.Popen([sys.executable, str(_CHECK), "--flavour", f, "--grids", "1,2"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for f in ("asan", "tsan")}
+    outs = {}
+    try:
+        for f, p in procs.items():
+            outs[f] = p.communicate(timeout=1800)[0]
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for f, p in procs.items():
+        assert p.returncode == 0, f"{f}:\n{outs[f][-8000:]}"
+        n = len(cases())
+        assert f"({f}, " in outs[f] and f"{n} of {n} cases match the reference" in outs[f]
 
 
 @pytest.mark.spawns

@@ -54,13 +54,32 @@ def mutant(name: str, into: Path) -> Path:
     return into
 
 
-def run(name: str, workdir: Path) -> subprocess.CompletedProcess:
+def start(name: str, workdir: Path) -> subprocess.Popen:
+    """check.py on the mutant ``name``, started (the mutants build and run concurrently)."""
     flavour, select, grids = MUTATIONS[name][3:]
     src = mutant(name, workdir / name)
     cmd = [sys.executable, str(_CHECK), "--flavour", flavour, "--kernel-dir", str(src),
            "-k", select, "--grids", grids]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200,
-                          env={**os.environ, "HPCDL_CPU_TIMEOUT": "60"})
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "HPCDL_CPU_TIMEOUT": "60"})
+
+
+def _collect(procs: dict[str, subprocess.Popen], out: str | None, survived: list[str]) -> None:
+    for name, proc in procs.items():
+        try:
+            text, _ = proc.communicate(timeout=1200)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            text = proc.communicate()[0] + "\n(killed after 1200 s)"
+        rc = proc.returncode
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / f"{name}.txt").write_text(text)
+        verdict = "caught" if rc != 0 else "SURVIVED"
+        print(f"== mutation {name} ({MUTATIONS[name][3]}): {verdict} (exit {rc}) ==\n"
+              f"{text[:2500]}", flush=True)
+        if rc == 0:
+            survived.append(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,19 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="keep each mutant's output here")
     ap.add_argument("names", nargs="*", default=list(MUTATIONS))
     args = ap.parse_args(argv)
-    survived = []
+    survived: list[str] = []
     with tempfile.TemporaryDirectory(prefix="hpcdl-mutants-") as tmp:
-        for name in args.names:
-            res = run(name, Path(tmp))
-            text = res.stdout + res.stderr
-            if args.out:
-                Path(args.out).mkdir(parents=True, exist_ok=True)
-                (Path(args.out) / f"{name}.txt").write_text(text)
-            verdict = "caught" if res.returncode != 0 else "SURVIVED"
-            print(f"== mutation {name} ({MUTATIONS[name][3]}): {verdict} "
-                  f"(exit {res.returncode}) ==\n{text[:2500]}", flush=True)
-            if res.returncode == 0:
-                survived.append(name)
+        procs = {name: start(name, Path(tmp)) for name in args.names}
+        try:
+            _collect(procs, args.out, survived)
+        finally:
+            for proc in procs.values():  # stopped by PID whatever happened
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
     print(f"mutations caught: {len(args.names) - len(survived)} of {len(args.names)}")
     return 1 if survived else 0
 
