@@ -13,7 +13,10 @@ Skipped, with the reason, where NVRTC is not installed (pip nvidia-cuda-nvrtc-cu
 from __future__ import annotations
 
 import functools
+import os
 import re
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -121,3 +124,44 @@ def test_resource_budget_from_ptxas(module, arch):
         assert frame.groups() == ("0", "0", "0"), f"{mangled}: local memory or spills: {info}"
         assert int(regs.group(1)) <= MAX_REGISTERS, f"{mangled}: {info}"
         assert (int(smem.group(1)) if smem else 0) <= MAX_SHARED_BYTES, f"{mangled}: {info}"
+
+
+def test_the_loader_hands_cupy_hpcdls_own_cubin(monkeypatch):
+    # No GPU here: a stand-in cupy records what the loader gives RawModule. It must be the
+    # cubin of nvrtc.compile_module for the device's sm_XY (-ftz=false), loaded by path (so
+    # CuPy adds no options), and kernels must be found by their lowered names.
+    import hpcdl.kernels as kernels
+
+    seen = {}
+
+    class Device:
+        def __init__(self, i=0):
+            self.id, self.compute_capability = i, "80"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    class RawModule:
+        def __init__(self, path):
+            with open(path, "rb") as f:
+                seen["image"] = f.read()
+            seen["path"] = path
+
+        def get_function(self, name):
+            return ("function", name)
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(Device=Device)
+    fake.RawModule = RawModule
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(kernels, "_MODULES", {})
+    fn = kernels.get_kernel("reduce", "hpcdl_reduce<__half, 2>", 0)
+    want = _compile("reduce", "sm_80")
+    assert fn == ("function", want.lowered["hpcdl_reduce<__half, 2>"])
+    assert seen["image"] == want.image and "-ftz=false" in want.options
+    assert not os.path.exists(seen["path"])  # the temporary cubin is removed
+    with pytest.raises(KeyError, match="no kernel 'hpcdl_reduce<double, 0>'"):
+        kernels.get_kernel("reduce", "hpcdl_reduce<double, 0>", 0)
