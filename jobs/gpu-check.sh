@@ -3,6 +3,7 @@
 # GPU machine is available (one H100/H200: under 8 minutes; the step timeouts add up to 7:50).
 #   jobs/gpu-check.sh             # or: make gpu-check
 #   jobs/gpu-check.sh --dry-run   # or: make gpu-check ARGS=--dry-run  (lists the steps)
+#   GPU_CHECK_ONLY=gpu-tests,train-cuda-amp jobs/gpu-check.sh   # rerun some steps only
 # Report: $OUT/gpu-check-report.md (OUT defaults to out/gpu-check), with each step's
 # command, exit status, time and the tail of its output; JSON results beside it.
 # Exit status: 0 only if every step passed (a step that cannot apply, e.g. CUDA-aware
@@ -13,6 +14,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
+ONLY=${GPU_CHECK_ONLY:-}
 [[ "${1:-}" == "--dry-run" ]] && DRY=1
 OUT=${OUT:-out/gpu-check}
 PY=.venv/bin/python
@@ -31,7 +33,7 @@ steps=(
   "gpu-tests-2-ranks|50|HPCDL_REQUIRE_GPU=1 timeout 50 $HPCDL launch -n 2 -- python -m pytest -q -p no:cacheprovider --color=no --with-mpi tests/test_gpu.py"
   "kernels-benchmark|40|$PY benchmarks/kernels.py --json $OUT/kernels.json"
   "allreduce-staged|40|HPCDL_CUDA_AWARE=0 timeout 40 $HPCDL launch -n 2 -- python benchmarks/allreduce.py --device cuda --no-peers --budget 0.3 --rounds 1 --sizes 65536,4194304,67108864 --json $OUT/allreduce-staged.json"
-  "allreduce-cuda-aware|40|if $HPCDL info | grep -q 'CUDA-aware MPI   yes'; then HPCDL_CUDA_AWARE=1 timeout 40 $HPCDL launch -n 2 -- python benchmarks/allreduce.py --device cuda --no-peers --budget 0.3 --rounds 1 --sizes 65536,4194304,67108864 --json $OUT/allreduce-cuda-aware.json; else echo 'SKIP: this MPI is not CUDA-aware (hpcdl info)'; exit 77; fi"
+  "allreduce-cuda-aware|40|if $HPCDL info | grep -Eq 'CUDA-aware MPI +yes'; then HPCDL_CUDA_AWARE=1 timeout 40 $HPCDL launch -n 2 -- python benchmarks/allreduce.py --device cuda --no-peers --budget 0.3 --rounds 1 --sizes 65536,4194304,67108864 --json $OUT/allreduce-cuda-aware.json; else echo 'SKIP: this MPI is not CUDA-aware (hpcdl info)'; exit 77; fi"
   "train-cuda-amp|55|timeout 55 $HPCDL launch -n 2 -- python -m hpcdl.examples.train --device cuda --amp --epochs 2 --out $OUT/train"
 )
 
@@ -54,6 +56,7 @@ mkdir -p "$OUT"
 details=$(mktemp)
 for s in "${steps[@]}"; do
   IFS='|' read -r name limit cmd <<<"$s"
+  [[ -n $ONLY && ",$ONLY," != *",$name,"* ]] && continue
   t0=$(date +%s)
   log="$OUT/$name.log"
   timeout "$limit" bash -c "$cmd" >"$log" 2>&1
