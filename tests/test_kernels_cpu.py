@@ -103,7 +103,11 @@ def test_shuffle_refuses_a_mask_naming_absent_lanes(harness):
     harness.free_all()
 
 
+_NO_SANITIZER = build.sanitizer_missing("asan") or build.sanitizer_missing("tsan")
+
+
 @pytest.mark.spawns
+@pytest.mark.skipif(_NO_SANITIZER is not None, reason=f"CPU kernel harness: {_NO_SANITIZER}")
 def test_every_case_is_clean_under_sanitizers():
     # ASan+UBSan and TSan at once (two children: the harness leaves cores idle at barriers);
     # a small grid (1 and 2 blocks): a sanitizer run costs 5-20x a plain one
@@ -126,6 +130,7 @@ def test_every_case_is_clean_under_sanitizers():
 
 
 @pytest.mark.spawns
+@pytest.mark.skipif(_NO_SANITIZER is not None, reason=f"CPU kernel harness: {_NO_SANITIZER}")
 def test_each_known_bug_fails_the_harness(tmp_path):
     res = subprocess.run([sys.executable, str(build.HARNESS_DIR / "mutations.py"),
                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=2400)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .. import KERNEL_DIR, cuda_include_dirs
 
-__all__ = ["HARNESS_DIR", "FLAVOURS", "compiler", "missing", "build", "sanitizer_env"]
+__all__ = ["HARNESS_DIR", "FLAVOURS", "compiler", "missing", "sanitizer_missing", "build",
+           "sanitizer_env"]
 
 HARNESS_DIR = Path(__file__).resolve().parent
 BASE_FLAGS = ("-std=c++17", "-g1", "-fPIC", "-shared", "-pthread", "-Wall", "-Wextra",
@@ -94,13 +95,27 @@ def build(flavour: str = "plain", kernel_dir: Path | str = KERNEL_DIR) -> Path:
     return out
 
 
+def _runtime(flavour: str) -> str:
+    # g++ prints the bare name back when it has no such library
+    return subprocess.run([compiler(), f"-print-file-name={_RUNTIME[flavour]}"],
+                          capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+def sanitizer_missing(flavour: str) -> str | None:
+    """Why ``flavour`` cannot run here (no compiler, headers or sanitizer runtime), or None."""
+    why = missing()
+    if why or flavour == "plain":
+        return why
+    if not Path(_runtime(flavour)).is_absolute():
+        return f"the compiler has no {_RUNTIME[flavour]} (install libasan/libtsan)"
+    return None
+
+
 def sanitizer_env(flavour: str) -> dict[str, str]:
     """Environment for a Python process that loads a sanitizer build (empty for plain)."""
     if flavour == "plain":
         return {}
-    lib = subprocess.run([compiler(), f"-print-file-name={_RUNTIME[flavour]}"],
-                         capture_output=True, text=True, timeout=60).stdout.strip()
-    env = {"LD_PRELOAD": lib}
+    env = {"LD_PRELOAD": _runtime(flavour)}
     if flavour == "asan":
         # Python and NumPy leak by design at exit; UBSan is fatal via -fno-sanitize-recover
         env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1:allocator_may_return_null=1"
