@@ -78,7 +78,9 @@ def build(flavour: str = "plain", kernel_dir: Path | str = KERNEL_DIR) -> Path:
     flags = BASE_FLAGS + FLAVOURS[flavour] + ("-include", str(HARNESS_DIR / "cuda_on_cpu.h"),
                                               "-I", str(kernel_dir),
                                               "-I", str(_host_include()))
-    h = hashlib.sha256(" ".join((cxx,) + flags).encode())
+    # keyed by content, not by where the sources lie: a mutant copied to a new temporary
+    # folder each run reuses its earlier build instead of filling the cache
+    h = hashlib.sha256(" ".join((cxx,) + flags).replace(str(kernel_dir), "<src>").encode())
     for p in inputs:
         h.update(p.name.encode() + b"\0" + p.read_bytes())
     out = _build_dir() / f"harness-{flavour}-{h.hexdigest()[:16]}.so"
