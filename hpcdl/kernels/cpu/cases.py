@@ -2,8 +2,8 @@
 
 A case is ``(name, fn)``; ``fn(harness)`` raises AssertionError naming the first
 element that differs. Cases cover every dtype and mode, residual on and off,
-aligned, misaligned and mixed buffers, one and many tensors (a zero-size one
-among them), grids of 1-3 blocks that loop over many chunks, and "special"
+aligned, misaligned and mixed buffers, one tensor and ten of mixed dtypes (a
+zero-size one among them), grids of 1-3 blocks that loop over many chunks, and "special"
 values: subnormals of each dtype, a tensor of only float32 subnormals (the chunk
 whose absmax a flush-to-zero build would turn to 0), NaN, +-inf, -0.0 and values
 that overflow float16. Outputs are poisoned with NaN before each launch, so an
@@ -48,7 +48,13 @@ def _values(rng: np.random.Generator, n: int, dtype: np.dtype, special: bool) ->
         return x.astype(dtype)
 
 
-def _tensors(rng, dtypes, special: bool) -> list[np.ndarray]:
+def _tensors(rng, dtypes, special: bool, many: bool) -> list[np.ndarray]:
+    """One tensor of ``dtypes[0]`` (79 chunks of 64), or nine-ten cycling through ``dtypes``."""
+    if not many:
+        x = _values(rng, 5003, dtypes[0], special)
+        if special and dtypes[0] == np.float32:
+            x[64:128] = rng.uniform(1, 2, 64) * 1e-39  # a whole chunk of subnormals
+        return [x]
     out = [_values(rng, n, dtypes[i % len(dtypes)], special) for i, n in enumerate(_SIZES)]
     if special:  # a whole chunk of float32 subnormals: absmax must not flush to 0
         out.append((rng.uniform(1, 2, 70) * 1e-39).astype(np.float32))
@@ -78,9 +84,9 @@ def _misalign(layout: FusionLayout, align: str) -> list[int]:
     return step if align == "misaligned" else [s if i % 2 else 0 for i, s in enumerate(step)]
 
 
-def _setup(h, seed, dtypes, special, align, chunk_elems):
+def _setup(h, seed, dtypes, special, align, chunk_elems, many=True):
     rng = np.random.default_rng(seed)
-    srcs = _tensors(rng, dtypes, special)
+    srcs = _tensors(rng, dtypes, special, many)
     lay = FusionLayout(tuple(s.size for s in srcs), tuple(s.dtype for s in srcs), chunk_elems)
     return rng, srcs, lay, CpuMultiTensor(h, srcs, lay, _misalign(lay, align))
 
@@ -93,7 +99,7 @@ def _pack_case(out_dtype, many, special, align, grid) -> Case:
     def run(h: Harness) -> None:
         dtypes = DTYPES if many else [out_dtype]
         for mode, scale in ((0, None), (1, 0.3)):
-            _, srcs, lay, mt = _setup(h, 1, dtypes, special, align, 64)
+            _, srcs, lay, mt = _setup(h, 1, dtypes, special, align, 64, many)
             buf = _buffer(h, np.full(lay.total, np.nan, out_dtype), align)
             h.launch(f"hpcdl_pack<{CTYPES[out_dtype.name]}>", grid,
                      mt.head() + pack_args(buf, scale), seed=mode)
@@ -111,7 +117,7 @@ def _unpack_case(buf_dtype, many, special, align, grid) -> Case:
     def run(h: Harness) -> None:
         dtypes = DTYPES if many else [buf_dtype]
         for mode, scale in ((0, None), (1, 0.3), (2, 0.3)):
-            rng, dsts, lay, mt = _setup(h, 2, dtypes, special, align, 64)
+            rng, dsts, lay, mt = _setup(h, 2, dtypes, special, align, 64, many)
             values = _values(rng, lay.total, buf_dtype, special)
             if mode != 2:  # the destination is an input only when accumulating
                 for p, n, d in zip(mt.ptrs, lay.numels, lay.dtypes):
@@ -128,7 +134,8 @@ def _unpack_case(buf_dtype, many, special, align, grid) -> Case:
 
 def _quantize_case(many, special, align, grid, residual, world) -> Case:
     def run(h: Harness) -> None:
-        rng, srcs, lay, mt = _setup(h, 3, DTYPES if many else DTYPES[:1], special, align, 64)
+        rng, srcs, lay, mt = _setup(h, 3, DTYPES if many else DTYPES[:1], special, align, 64,
+                                    many)
         nch = lay.nchunks
         maxabs = h.upload(np.full(nch, np.nan, np.float32))
         h.launch("hpcdl_chunk_absmax", grid, mt.head() + absmax_args(maxabs))
