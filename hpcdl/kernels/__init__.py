@@ -1,9 +1,12 @@
 """hpcdl's CUDA kernels: sources, loader, NumPy references.
 
 The ``.cu`` files in this folder (also reachable as the top-level ``kernels/``)
-are compiled at run time with NVRTC through ``cupy.RawModule``, once per
-(source, device), with ``name_expressions`` so templates need no
-``extern "C"`` wrappers. Nothing here imports CuPy until a kernel is asked for.
+are compiled at run time by :mod:`hpcdl.kernels.nvrtc` with hpcdl's own options
+(``-ftz=false``: CuPy's ``RawModule(code=...)`` would append ``-ftz=true``), once
+per (source, device), to a cubin for the device's architecture that
+``cupy.RawModule(path=...)`` loads; ``name_expressions`` name the template
+instances, so no ``extern "C"`` wrappers. Nothing here imports CuPy until a
+kernel is asked for.
 
 * ``pack.cu``      multi-tensor pack / unpack with fused scale and cast
 * ``quantize.cu``  per-chunk absmax, FP16 quantize (+ error feedback), dequantize
@@ -31,7 +34,9 @@ SOURCES = ("pack", "quantize", "reduce")
 CTYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
 #: op codes of reduce.cu
 REDUCE_OPS = {"sum": 0, "prod": 1, "min": 2, "max": 3}
-NVRTC_OPTIONS = ("-std=c++17",)
+#: every kernel compile uses these (hpcdl.kernels.nvrtc); -ftz=false keeps subnormals as
+#: reference.py does, -fmad=false backs up the kernels' explicit _rn arithmetic
+NVRTC_OPTIONS = ("-std=c++17", "-ftz=false", "-fmad=false", "-prec-div=true", "-prec-sqrt=true")
 
 
 def name_expressions(module: str) -> list[str]:
@@ -108,28 +113,52 @@ def nvrtc_options() -> tuple[str, ...]:
     return NVRTC_OPTIONS + tuple(f"-I{d}" for d in cuda_include_dirs()[:1])
 
 
-_MODULES: dict[tuple[int, str], Any] = {}
+_MODULES: dict[tuple[int, str], tuple[Any, dict[str, str]]] = {}
 _LOCK = threading.Lock()
 
 
+def _load(module: str, dev: Any) -> tuple[Any, dict[str, str]]:
+    # hpcdl compiles (nvrtc.OPTIONS: -ftz=false, ...) and CuPy only loads the cubin:
+    # RawModule(code=...) would append -ftz=true and flush subnormals (docs/gpu.md)
+    import tempfile
+
+    import cupy
+
+    from .nvrtc import compile_module
+
+    compiled = compile_module(module, f"sm_{dev.compute_capability}")
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(compiled.image)
+    try:
+        mod = cupy.RawModule(path=f.name)
+        mod.get_function(next(iter(compiled.lowered.values())))  # loads the image now
+    finally:
+        os.unlink(f.name)
+    return mod, compiled.lowered
+
+
 def get_module(module: str, device: int | None = None) -> Any:
-    """The compiled ``cupy.RawModule`` of ``module`` for ``device`` (default: current)."""
+    """The loaded ``cupy.RawModule`` of ``module`` for ``device`` (default: current)."""
+    return _module(module, device)[0]
+
+
+def _module(module: str, device: int | None) -> tuple[Any, dict[str, str]]:
     import cupy
 
     dev = cupy.cuda.Device(device) if device is not None else cupy.cuda.Device()
     key = (dev.id, module)
-    mod = _MODULES.get(key)
-    if mod is None:
+    entry = _MODULES.get(key)
+    if entry is None:
         with _LOCK, dev:
-            mod = _MODULES.get(key)
-            if mod is None:
-                mod = cupy.RawModule(code=source(module), options=nvrtc_options(),
-                                     name_expressions=name_expressions(module))
-                mod.compile()
-                _MODULES[key] = mod
-    return mod
+            entry = _MODULES.get(key)
+            if entry is None:
+                entry = _MODULES[key] = _load(module, dev)
+    return entry
 
 
 def get_kernel(module: str, name: str, device: int | None = None) -> Any:
-    """One kernel, e.g. ``get_kernel("pack", "hpcdl_pack<float>")``."""
-    return get_module(module, device).get_function(name)
+    """One kernel by its name expression, e.g. ``get_kernel("pack", "hpcdl_pack<float>")``."""
+    mod, lowered = _module(module, device)
+    if name not in lowered:
+        raise KeyError(f"{module}.cu has no kernel {name!r}; it has {sorted(lowered)}")
+    return mod.get_function(lowered[name])

@@ -23,17 +23,14 @@ from ..buffers import as_buffer
 from ..errors import DeviceMismatchError, DtypeError, InvalidArgumentError
 from ..ops import KERNEL_DTYPES, TORCH_DTYPES, ReduceOp, dtype_name, parse_op
 from . import CTYPES, REDUCE_OPS, get_kernel
+from .launch_args import (THREADS, absmax_args, dequantize_args, head_args, multi_tensor_grid,
+                          pack_args, quantize_args, reduce_args, reduce_grid, unpack_args)
 from .layout import DEFAULT_CHUNK_ELEMS, DTYPE_CODES, FusionLayout, make_layout
 
 __all__ = ["MultiTensor", "multi_tensor", "pack", "unpack", "chunk_absmax", "quantize_fp16",
            "dequantize_fp16", "reduce_into", "THREADS"]
 
-THREADS = 256
 _LRU_SIZE = 64
-
-
-def _p(ptr: int) -> np.uint64:
-    return np.uint64(ptr)
 
 
 def _torch_dtype(t: Any) -> np.dtype:
@@ -110,11 +107,11 @@ class MultiTensor:
             cupy.cuda.Stream.null.synchronize()  # uploaded before any stream uses them
             sms = cupy.cuda.Device(device).attributes["MultiProcessorCount"]
         self.nchunks = layout.nchunks
-        self.grid = max(1, min(self.nchunks, sms * 16))
+        self.grid = multi_tensor_grid(self.nchunks, sms)
 
     def _head(self) -> tuple:
-        return (_p(self._tensors.data.ptr), _p(self._chunks.data.ptr), np.int32(self.nchunks),
-                np.int32(self.layout.chunk_elems))
+        return head_args(self._tensors.data.ptr, self._chunks.data.ptr, self.nchunks,
+                         self.layout.chunk_elems)
 
     def launch(self, module: str, name: str, args: tuple, stream: int | None) -> None:
         if self.nchunks == 0:
@@ -165,18 +162,12 @@ def _flat_device(a: Any, count: int, dtype: np.dtype | None, arg: str, op: str) 
     return b.ptr, b.dtype
 
 
-def _mode(scale: float | None, accumulate: bool = False) -> tuple[np.float32, np.int32]:
-    if accumulate:
-        return np.float32(1.0 if scale is None else scale), np.int32(2)
-    return (np.float32(1.0), np.int32(0)) if scale is None else (np.float32(scale), np.int32(1))
-
-
 def pack(tensors: Sequence[Any], out: Any, *, scale: float | None = None,
          chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> Any:
     """Copy ``tensors`` back to back into the flat ``out`` (cast to its dtype, times ``scale``)."""
     mt, stream = multi_tensor(tensors, chunk_elems, "pack")
     ptr, dt = _flat_device(out, mt.layout.total, None, "out", "pack")
-    mt.launch("pack", f"hpcdl_pack<{CTYPES[dt.name]}>", (_p(ptr), *_mode(scale)), stream)
+    mt.launch("pack", f"hpcdl_pack<{CTYPES[dt.name]}>", pack_args(ptr, scale), stream)
     return out
 
 
@@ -185,8 +176,7 @@ def unpack(buf: Any, tensors: Sequence[Any], *, scale: float | None = None,
     """The reverse of :func:`pack`; ``accumulate`` adds into the tensors instead."""
     mt, stream = multi_tensor(tensors, chunk_elems, "unpack")
     ptr, dt = _flat_device(buf, mt.layout.total, None, "buf", "unpack")
-    mt.launch("pack", f"hpcdl_unpack<{CTYPES[dt.name]}>", (_p(ptr), *_mode(scale, accumulate)),
-              stream)
+    mt.launch("pack", f"hpcdl_unpack<{CTYPES[dt.name]}>", unpack_args(ptr, scale, accumulate), stream)
 
 
 def chunk_absmax(tensors: Sequence[Any], out: Any, *,
@@ -194,7 +184,7 @@ def chunk_absmax(tensors: Sequence[Any], out: Any, *,
     """``out[c]`` = max |x| over chunk ``c`` (float32, one per chunk-table entry)."""
     mt, stream = multi_tensor(tensors, chunk_elems, "chunk_absmax")
     ptr, _ = _flat_device(out, mt.nchunks, np.dtype(np.float32), "out", "chunk_absmax")
-    mt.launch("quantize", "hpcdl_chunk_absmax", (_p(ptr),), stream)
+    mt.launch("quantize", "hpcdl_chunk_absmax", absmax_args(ptr), stream)
     return out
 
 
@@ -209,7 +199,7 @@ def quantize_fp16(tensors: Sequence[Any], maxabs: Any, world: int, out: Any, sca
     r = 0 if residual is None else _flat_device(residual, mt.layout.total, f32, "residual",
                                                 "quantize_fp16")[0]
     mt.launch("quantize", "hpcdl_quantize_fp16",
-              (_p(m), np.int32(world), _p(o), _p(s), _p(r)), stream)
+              quantize_args(m, world, o, s, r), stream)
     return out
 
 
@@ -221,7 +211,7 @@ def dequantize_fp16(payload: Any, scales: Any, tensors: Sequence[Any], *, extra:
                         "dequantize_fp16")
     s, _ = _flat_device(scales, mt.nchunks, np.dtype(np.float32), "scales", "dequantize_fp16")
     mt.launch("quantize", "hpcdl_dequantize_fp16",
-              (_p(p), _p(s), np.float32(extra), np.int32(2 if accumulate else 0)), stream)
+              dequantize_args(p, s, extra, accumulate), stream)
 
 
 def reduce_into(dst: Any, src: Any, op: "str | ReduceOp") -> None:
@@ -240,6 +230,5 @@ def reduce_into(dst: Any, src: Any, op: "str | ReduceOp") -> None:
                       device)
     with cupy.cuda.Device(device), _stream(stream, device):
         sms = cupy.cuda.Device(device).attributes["MultiProcessorCount"]
-        vec = 16 // dtypes[0].itemsize
-        grid = max(1, min(-(-numels[0] // (THREADS * vec)), sms * 16))
-        kern((grid,), (THREADS,), (_p(ptrs[0]), _p(ptrs[1]), np.int64(numels[0])))
+        grid = reduce_grid(numels[0], dtypes[0].itemsize, sms)
+        kern((grid,), (THREADS,), reduce_args(ptrs[0], ptrs[1], numels[0]))

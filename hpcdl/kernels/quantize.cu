@@ -23,7 +23,7 @@ __device__ __forceinline__ float hpcdl_fp16_scale(float maxabs, int world) {
     frexp(static_cast<double>(maxabs) * static_cast<double>(world), &e);  // = m * 2^e, m in [0.5, 1)
     int k = 15 - e;
     k = k < -126 ? -126 : (k > 126 ? 126 : k);
-    return ldexpf(1.0f, k);
+    return __int_as_float((k + 127) << 23);  // 2^k, exactly: k in [-126, 126] is a normal float
 }
 
 template <typename TIn>
