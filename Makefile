@@ -45,7 +45,8 @@ bench: setup
 # exit; prints SKIP (exit 0) without root/apt-get. The venv's python runs every job.
 slurm-test: setup
 	timeout 1500 jobs/local-slurm/cluster.sh --nodes 2 -- \
-	  $(PY) -m pytest -q -p no:cacheprovider --color=no -rfEs tests/slurm
+	  env PYTHONPATH=$(CURDIR)/tests/slurm $(PY) -m pytest -q -p no:cacheprovider -p slurm_report \
+	  --color=no -rfEs tests/slurm
 
 # The CUDA kernels proven without a GPU (docs/gpu.md, "Kernels on the CPU"): every kernel
 # instance run on the CPU against reference.py (plain, ASan+UBSan, TSan), the three

@@ -95,7 +95,7 @@ cleanup() {
     if [[ ${HPCDL_SLURM_KEEP:-0} == 1 ]]; then echo "cluster.sh: kept $T" >&2; fi
     echo "cluster.sh: stopped ${#PIDS[@]} daemon(s) and ${#strays[@]} leftover process(es)" >&2
     if (( rc != 0 )); then
-        # Last, so that the end of a failed run names what failed (tests/slurm/conftest.py
+        # Last, so that the end of a failed run names what failed (tests/slurm/slurm_report.py
         # writes one line per failed test there).
         [[ -s $T/failures.txt ]] && cat "$T/failures.txt" >&2
         echo "cluster.sh: FAILED: the command exited $rc: ${CMDLINE:-}" >&2

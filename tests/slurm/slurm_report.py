@@ -1,4 +1,7 @@
-"""Inside ``jobs/local-slurm/cluster.sh``: write one line per failed test into the
+"""A pytest plugin for ``make slurm-test`` (``-p slurm_report``; not a conftest.py, whose
+module name ``conftest`` would shadow ``tests/conftest.py`` for ``from conftest import``).
+
+Inside ``jobs/local-slurm/cluster.sh``: write one line per failed test into the
 cluster's folder, which cluster.sh prints last, after the daemons' log tails, so the
 end of a failed run names the test that failed (and the job, state and exit code
 its message starts with) instead of whatever the daemons logged last."""
