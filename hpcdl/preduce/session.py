@@ -201,6 +201,9 @@ class PReduce:
     def _poll_reply(self) -> None:
         start = time.monotonic()
         spins = 0
+        # The controller times out first and names the rank that is still computing; a
+        # member waiting as long as it would race it and could only blame rank 0.
+        limit = 1.5 * self.timeout + 2.0
         while not self._ctl.Iprobe(0, TAG_REPLY):
             if self._ctl.Iprobe(0, TAG_ALIVE):   # a rank we wait for is in a long phase
                 self._ctl.Recv(bytearray(0), source=0, tag=TAG_ALIVE)
@@ -209,9 +212,9 @@ class PReduce:
             if ctl is not None and ctl.error is not None:  # ended cleanly: its stop is in flight
                 raise CommError(f"the controller thread failed: {ctl.error!r}", rank=self.rank,
                                 size=self.size, op=_OP)
-            if time.monotonic() - start > self.timeout:
+            if time.monotonic() - start > limit:
                 raise CommError(f"no reply from the controller on rank 0 within "
-                                f"{self.timeout:.0f} s", rank=self.rank, size=self.size, op=_OP)
+                                f"{limit:.0f} s", rank=self.rank, size=self.size, op=_OP)
             spins += 1
             if spins > 20:  # a reply usually comes within microseconds; then stop burning a core
                 time.sleep(0.0002)
