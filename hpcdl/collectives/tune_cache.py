@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..version import __version__
+
 __all__ = ["cache_dir", "fingerprint", "cache_file", "load_choices", "save_choice"]
 
 FORMAT = 1
@@ -54,8 +56,6 @@ def _cpu_model() -> str:
 
 def fingerprint(mpi_library: str) -> dict[str, Any]:
     """What makes two machines "of the same kind" for tuning purposes."""
-    from .. import __version__
-
     mpi = mpi_library.replace("\x00", "").strip()  # mpi4py's text may end in a NUL
     return {"host": re.sub(r"\d+", "#", socket.gethostname()), "cpu": _cpu_model(),
             "cpus": os.cpu_count() or 1, "mpi": mpi.split("\n")[0],
