@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .collectives import allreduce, select
 from .collectives.registry import ALLREDUCE
 from .collectives.select import user_table_path, validate_table
@@ -80,9 +81,7 @@ def merge_rules(path: Path, ranks: int, kind_rules: dict[str, list[list[Any]]],
     table["source"] = source
     validate_table(table, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(table, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(table, indent=1) + "\n")
     return table
 
 

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from ..version import __version__
 
 __all__ = ["cache_dir", "fingerprint", "cache_file", "load_choices", "save_choice"]
@@ -89,10 +90,8 @@ def save_choice(path: Path, fp: dict[str, Any], key: str, entry: dict[str, Any])
         choices = load_choices(path)
         choices[key] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"fingerprint": fp, "choices": choices}, indent=1,
-                                  sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"fingerprint": fp, "choices": choices}, indent=1,
+                                           sort_keys=True) + "\n")
     except OSError as exc:
         # Tuning still works for this job; only the next job must learn again.
         if str(path) not in _warned:

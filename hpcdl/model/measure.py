@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..runtime import init
 from ..collectives import allreduce
 from ..tune import time_op
@@ -121,7 +122,5 @@ def merge_run(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     data["source"] = (f"hpcdl model measure on {socket.gethostname()}, "
                       f"{datetime.datetime.now().isoformat(timespec='seconds')}, {record['mpi']}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     return data
