@@ -254,7 +254,8 @@ def init(comm: Any = None, timeout: float | None = None, *,
                           "1 rank: this MPI does not speak the launcher's protocol (for srun, "
                           "try --mpi=pmix or pmi2, or use mpirun); every process now runs alone",
                           RuntimeWarning, stacklevel=2)
-        local, node, num_nodes, source = job_layout(main, env, _first_int(env, _LOCAL_RANK_VARS))
+        local, node, num_nodes, source = job_layout(main, env,
+                                                    _first_int(env, _LOCAL_RANK_VARS))
         cross = main.split(local.rank, node, name="hpcdl:cross")
         gpu, count = _bind_gpu(local.rank)
         library = MPI.Get_library_version().strip()

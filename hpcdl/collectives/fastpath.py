@@ -19,7 +19,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import context, trace
-from ..comm.mpi import _MPI_OPS, mpi_datatype, mpi_error
+from ..comm.mpi import MPI_OPS, mpi_datatype, mpi_error
 from ..errors import InvalidArgumentError
 from ..ops import SUPPORTED_DTYPES, ReduceOp, is_half
 from . import catalog, online, registry
@@ -60,7 +60,7 @@ def _make_plan(comm: Any, dtype: np.dtype, op: Any, algorithm: str, nbytes: int)
     mpi = getattr(comm, "mpi", None)
     if fn is native_allreduce and mpi is not None and not is_half(dtype) \
             and rop is not ReduceOp.AVG:
-        return (mpi, mpi_datatype(dtype), _MPI_OPS[rop], None, rop)
+        return (mpi, mpi_datatype(dtype), MPI_OPS[rop], None, rop)
     return (None, None, None, fn, rop)
 
 
