@@ -22,7 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..buffers import as_buffer
+from ..collectives.api import allreduce
 from ..collectives.members import MemberComm
+from ..collectives.select import choose_flat
 
 __all__ = ["GroupAverager"]
 
@@ -41,9 +43,6 @@ class GroupAverager:
     def average(self, x: Any, members: tuple[int, ...], op_name: str = "preduce") -> None:
         """Average ``x`` in place over ``members`` (sorted parent ranks, this rank among
         them); every member calls it with the same tuple."""
-        from ..collectives.api import allreduce
-        from ..collectives.select import choose_flat
-
         view = self._views.get(len(members))
         if view is None:
             view = self._views[len(members)] = MemberComm(self.parent, members)
