@@ -1,4 +1,4 @@
-"""Group averages without a communicator per group (hpcdl/comm/members.py, preduce/groups.py).
+"""Group averages without a communicator per group (hpcdl/collectives/members.py, preduce/groups.py).
 
 Disjoint member sets of 2-4 ranks average at the same time over one parent
 communicator, round after round with other member sets, between full
@@ -16,7 +16,7 @@ from helpers.fakes import group_params, on_group
 from helpers.numpy_reference import Failures, close, rank_input, reduce_reference
 
 import hpcdl
-from hpcdl.comm.members import MemberComm
+from hpcdl.collectives.members import MemberComm
 from hpcdl.preduce.groups import GroupAverager
 
 
