@@ -33,6 +33,7 @@ import torch
 from .. import trace
 from ..collectives import allreduce
 from ..collectives.handle import drain, executor_for
+from ..collectives.select import prepare as prepare_auto
 from ..compression import PlainCompressor, as_compressor
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError, MismatchError
@@ -161,6 +162,8 @@ class DistributedOptimizer(WrappedOptimizer):
         super().__init__(optimizer, self.comm, "DistributedOptimizer")
         self.compression = compression
         self.algorithm = algorithm
+        if algorithm == "auto":  # read the table / fit the cost model now, not in a hook
+            prepare_auto(self.comm)
         self.backward_passes_per_step = int(backward_passes_per_step)
         self.fusion_threshold_mb = float(fusion_threshold_mb)
         named = _named(optimizer, named_parameters, rank)

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from mpi4py import MPI
 
 from ...collectives.api import barrier as hpcdl_barrier
+from ...collectives.select import prepare as prepare_auto
 from ...comm.mpi import MPICommunicator
 from ...errors import InvalidArgumentError
 from . import collectives as jobs
@@ -41,6 +42,8 @@ class ProcessGroupHpcdl(FunctionalOps, PointToPoint, dist.ProcessGroup):
         self.timeout_s = timeout_s  # init_process_group/new_group(timeout=): every wait's bound
         self._p2p = p2p  # its own MPI context: any user tag, no clash with hpcdl's tags
         self.algorithm = algorithm
+        if algorithm == "auto":  # read the table / fit the cost model now, not in a DDP hook
+            prepare_auto(comm)
         self._name = ""
         self._desc = ""
         self._tag_ub = int(MPI.COMM_WORLD.Get_attr(MPI.TAG_UB))  # set on WORLD only
