@@ -22,10 +22,9 @@ an uneven allocation) have no common shard layout: then each node allreduces
 locally, the node leaders (local rank 0) allreduce across nodes, and each
 leader broadcasts inside its node.
 
-Which ranks share a node: on the default communicator the layout of
-``hpcdl.init()`` (MPI's shared-memory split or ``HPCDL_RANKS_PER_NODE``); on
-any other communicator blocks of ``HPCDL_RANKS_PER_NODE`` ranks when set,
-else the host name. Built once per communicator and cached on it
+Which ranks share a node: the nodes of ``hpcdl.init()`` (MPI's shared-memory
+split, or ``HPCDL_RANKS_PER_NODE`` blocks of world ranks), on every
+communicator. Built once per communicator and cached on it
 (:mod:`hpcdl.comm.nodes`, the one owner of the layout).
 """
 

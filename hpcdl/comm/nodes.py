@@ -3,20 +3,23 @@
 The layout is a pair of communicators (this node's ranks, and the ranks with
 this local rank on every node) that the hierarchical algorithms run over. It is
 decided here and cached on the communicator (``comm._hpcdl_nodes``, written by
-no other module):
+no other module).
 
-* the default communicator gets the layout of ``hpcdl.init()``
-  (:func:`job_layout`: MPI's shared-memory split keyed on the launcher's local
-  rank, or blocks of ``HPCDL_RANKS_PER_NODE`` ranks), attached by the runtime;
-* any other communicator gets, on first use, blocks of ``HPCDL_RANKS_PER_NODE``
-  ranks when set, else ranks grouped by host name (:func:`node_comms`): a
-  subgroup or an in-process fake communicator has no shared-memory split of
-  its own, and the host name gives the same grouping on a real machine.
+One rule for every communicator: a rank's node is the shared-memory domain
+MPI puts it in (``Split_type(COMM_TYPE_SHARED)``, what the MPI library knows
+of the machine, not a name a container or a network namespace may change), or
+with ``HPCDL_RANKS_PER_NODE=k`` the block ``world rank // k`` (emulated nodes).
+:func:`job_layout` decides it once, at ``hpcdl.init()``, on the job's
+communicator, and keeps this process's *node key* (the world rank of its
+node's first rank, or its block). The default communicator gets that layout;
+any other communicator (a subgroup, a Dup, a split) groups its ranks by the
+same key (:func:`node_index`), so both give the same nodes by construction.
+Only where no ``hpcdl.init()`` ran in this process (an in-process fake
+communicator) does the key fall back to the host name.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -27,7 +30,7 @@ from ..errors import InvalidArgumentError
 from .base import Communicator
 from .mpi import MPICommunicator
 
-__all__ = ["NodeComms", "node_comms", "attach_node_comms", "job_layout", "node_index"]
+__all__ = ["NodeComms", "node_comms", "attach_node_comms", "job_layout", "node_index", "node_key"]
 
 
 @dataclass
@@ -48,37 +51,58 @@ class NodeComms:
         return cls(local, cross, len(set(sizes)) == 1)
 
 
+NodeKey = tuple  # (0, world rank of the node's first rank | block) or (1, host name)
+
+_job_key: NodeKey | None = None  # this process's node, as job_layout decided it
+
+
+def _per_node(env: Mapping[str, str], rank: int, size: int) -> int | None:
+    per_node = env.get("HPCDL_RANKS_PER_NODE")
+    if not per_node:
+        return None
+    if not per_node.isdigit() or int(per_node) < 1:
+        raise InvalidArgumentError(f"HPCDL_RANKS_PER_NODE={per_node!r}; use a positive "
+                                   "integer", rank=rank, size=size, op="init")
+    return int(per_node)
+
+
 def job_layout(comm: MPICommunicator, env: Mapping[str, str],
                launcher_local: int | None) -> tuple[MPICommunicator, int, int, str]:
     """The job's layout for ``hpcdl.init()``: (local communicator, node index, node
-    count, how it was decided). ``launcher_local`` is the launcher's local rank, if any."""
+    count, how it was decided). ``launcher_local`` is the launcher's local rank, if any.
+    Also records this process's node key, which every other communicator's layout uses."""
+    global _job_key
     rank, size = comm.rank, comm.size
-    per_node = env.get("HPCDL_RANKS_PER_NODE")
-    if per_node:
-        if not per_node.isdigit() or int(per_node) < 1:
-            raise InvalidArgumentError(f"HPCDL_RANKS_PER_NODE={per_node!r}; use a positive "
-                                       "integer", rank=rank, size=size, op="init")
-        k = int(per_node)
-        local = MPICommunicator(comm.mpi.Split(rank // k, rank))
-        return local, rank // k, -(-size // k), f"HPCDL_RANKS_PER_NODE={k} (emulated nodes)"
-    key = rank if launcher_local is None else launcher_local
-    local = MPICommunicator(comm.mpi.Split_type(MPI.COMM_TYPE_SHARED, key=key))
-    leader = local.bcast_object(rank, root=0)
-    leaders = sorted(set(comm.allgather_object(leader)))
-    source = "MPI shared-memory split"
-    if launcher_local is not None:
-        source += (" (agrees with the launcher's local rank)" if local.rank == launcher_local
-                   else f" (launcher said local rank {launcher_local}, MPI says {local.rank})")
-    return local, leaders.index(leader), len(leaders), source
+    world = MPI.COMM_WORLD.Get_rank()
+    k = _per_node(env, rank, size)
+    if k is not None:
+        key: NodeKey = (0, world // k)
+        local = MPICommunicator(comm.mpi.Split(world // k, rank))
+        source = f"HPCDL_RANKS_PER_NODE={k} (emulated nodes)"
+    else:
+        local = MPICommunicator(comm.mpi.Split_type(
+            MPI.COMM_TYPE_SHARED, key=rank if launcher_local is None else launcher_local))
+        key = (0, local.bcast_object(world, root=0))
+        source = "MPI shared-memory split"
+        if launcher_local is not None:
+            source += (" (agrees with the launcher's local rank)" if local.rank == launcher_local
+                       else f" (launcher said local rank {launcher_local}, MPI says {local.rank})")
+    keys = sorted(set(comm.allgather_object(key)))
+    _job_key = key
+    return local, keys.index(key), len(keys), source
+
+
+def node_key() -> NodeKey:
+    """This process's node: the one :func:`job_layout` decided, or where no
+    ``hpcdl.init()`` ran here (in-process fake ranks) the host name."""
+    return _job_key if _job_key is not None else (1, socket.gethostname())
 
 
 def node_index(comm: Communicator) -> int:
-    """This rank's node on a communicator without an attached layout (collective)."""
-    per_node = os.environ.get("HPCDL_RANKS_PER_NODE", "")
-    if per_node.isdigit() and int(per_node) > 0:
-        return comm.rank // int(per_node)
-    hosts = comm.allgather_object(socket.gethostname())
-    return sorted(set(hosts)).index(hosts[comm.rank])
+    """This rank's node on ``comm``: its ranks grouped by :func:`node_key`, nodes
+    numbered in key order (collective)."""
+    keys = comm.allgather_object(node_key())
+    return sorted(set(keys)).index(keys[comm.rank])
 
 
 def attach_node_comms(comm: Communicator, nodes: NodeComms) -> None:
