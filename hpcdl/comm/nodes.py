@@ -10,12 +10,12 @@ MPI puts it in (``Split_type(COMM_TYPE_SHARED)``, what the MPI library knows
 of the machine, not a name a container or a network namespace may change), or
 with ``HPCDL_RANKS_PER_NODE=k`` the block ``world rank // k`` (emulated nodes).
 :func:`job_layout` decides it once, at ``hpcdl.init()``, on the job's
-communicator, and keeps this process's *node key* (the world rank of its
-node's first rank, or its block). The default communicator gets that layout;
+communicator, and keeps this process's *node key* (the smallest world rank
+on its node, or its block). The default communicator gets that layout;
 any other communicator (a subgroup, a Dup, a split) groups its ranks by the
 same key (:func:`node_index`), so both give the same nodes by construction.
-Only where no ``hpcdl.init()`` ran in this process (an in-process fake
-communicator) does the key fall back to the host name.
+Only where no ``hpcdl.init()`` over the whole job ran in this process (an
+in-process fake communicator) does the key fall back to the host name.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class NodeComms:
         return cls(local, cross, len(set(sizes)) == 1)
 
 
-NodeKey = tuple  # (0, world rank of the node's first rank | block) or (1, host name)
+NodeKey = tuple  # (0, smallest world rank on the node | block) or (1, host name)
 
 _job_key: NodeKey | None = None  # this process's node, as job_layout decided it
 
@@ -82,13 +82,16 @@ def job_layout(comm: MPICommunicator, env: Mapping[str, str],
     else:
         local = MPICommunicator(comm.mpi.Split_type(
             MPI.COMM_TYPE_SHARED, key=rank if launcher_local is None else launcher_local))
-        key = (0, local.bcast_object(world, root=0))
+        key = (0, min(local.allgather_object(world)))  # not the leader: order-independent
         source = "MPI shared-memory split"
         if launcher_local is not None:
             source += (" (agrees with the launcher's local rank)" if local.rank == launcher_local
                        else f" (launcher said local rank {launcher_local}, MPI says {local.rank})")
     keys = sorted(set(comm.allgather_object(key)))
-    _job_key = key
+    if comm.size == MPI.COMM_WORLD.Get_size():
+        # only a layout of the whole job names each node the same way in every process
+        # (init(comm=part) sees part of a node: its smallest world rank may differ)
+        _job_key = key
     return local, keys.index(key), len(keys), source
 
 
