@@ -25,7 +25,7 @@ from typing import Any, Mapping
 from .errors import InvalidArgumentError
 
 __all__ = ["Context", "init", "get_context", "default_comm", "is_initialized", "probe_cuda_aware",
-           "launcher_env", "under_launcher", "launched_rank"]
+           "launcher_env", "under_launcher", "launched_rank", "set_default_context"]
 
 _LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID",
                     "PMI_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "PALS_LOCAL_RANKID")
@@ -290,6 +290,12 @@ def init(comm: Any = None, timeout: float | None = None, *,
         env = os.environ
         base = MPI.COMM_WORLD if comm is None else comm
         from . import watchdog
+        from .comm import ulfm
+
+        # FT mode (HPCDL_FT=1): errors return, so a dead rank is a ProcessFailed the
+        # survivors can handle (comm/ulfm.py); the Dup below inherits the handler.
+        ulfm.make_fault_tolerant(MPI.COMM_WORLD)
+        ulfm.make_fault_tolerant(base)
 
         dup = base.Dup()
         wd_timeout = watchdog.resolve_timeout(timeout, rank=dup.Get_rank())
@@ -374,6 +380,16 @@ def _shutdown() -> None:
     from .collectives.handle import close_all
 
     close_all()
+
+
+def set_default_context(ctx: Context) -> None:
+    """Make ``ctx`` the default context (what ``comm=None`` means from now on).
+
+    :mod:`hpcdl.elastic` calls it after a shrink: the old default communicator holds a
+    dead rank, and every later ``hpcdl.allreduce(x)`` must run over the survivors."""
+    global _CONTEXT
+    with _LOCK:
+        _CONTEXT = ctx
 
 
 def is_initialized() -> bool:

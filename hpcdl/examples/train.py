@@ -13,7 +13,9 @@ DistributedOptimizer); every mode writes the same ``metrics.json`` (and
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+#: The modes that can go on without a dead rank (``--on-failure shrink``): their loop.
+SHRINK_MODES = {"allreduce": "hpcdl.examples.modes.allreduce_elastic"}
+
+
+def _shrink_mode(args: argparse.Namespace) -> Any:
+    """The module that runs ``args.mode`` under ``--on-failure shrink``, after refusing
+    what cannot work (refused, not ignored: a job that believes it survives failures and
+    does not is lost at the first one)."""
+    if args.mode not in SHRINK_MODES:
+        raise SystemExit(f"--on-failure shrink: --mode {args.mode} cannot go on without a dead "
+                         f"rank yet; modes that can: {', '.join(SHRINK_MODES)} (or keep the "
+                         "default --on-failure abort)")
+    if os.environ.get("HPCDL_FT") != "1":
+        raise SystemExit("--on-failure shrink needs fault-tolerant MPI: launch with "
+                         "`hpcdl launch --ft -n N -- python -m hpcdl.examples.train ...` "
+                         "(mpiexec --with-ft ulfm and HPCDL_FT=1; docs/fault-tolerance.md)")
+    if args.min_ranks < 1:
+        raise SystemExit(f"--min-ranks {args.min_ranks}: use K >= 1")
+    return importlib.import_module(SHRINK_MODES[args.mode])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     mode = load_mode(args.mode)
@@ -60,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "(its module does not set CHECKPOINTS = True: its state is not saved); "
                          "modes that do: " + ", ".join(
                              n for n in MODES if getattr(load_mode(n), "CHECKPOINTS", False)))
+    if args.on_failure == "shrink":
+        mode = _shrink_mode(args)
     ctx = hpcdl.init()
     threads = set_threads(ctx.local_size, args.threads)
     device = pick_device(args.device, ctx)
@@ -77,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "global_batch": args.batch_size * ctx.size,
                             "train_samples": len(data.y_train), "test_samples": len(data.y_test),
                             **result.settings},
+               "failures": [],   # filled by --on-failure shrink (docs/fault-tolerance.md)
                **result.fields,
                "epochs": result.history}
     if result.writer:
