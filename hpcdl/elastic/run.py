@@ -65,13 +65,12 @@ def _recover(state: Any, error: ProcessFailed, min_ranks: int) -> dict[str, Any]
     # failed ranks holds only those this rank has heard of; a revoke names nobody).
     record = {"step": step, "lost_ranks": sorted(before - world_ranks(ctx.comm)),
               "ranks_after": ctx.size, "steps_lost": max(0, at_failure - step)}
-    if ctx.size < min_ranks:
-        record["recovery_s"] = round(time.perf_counter() - t0, 4)
-        state.failures.append(record)
-        raise MinRanksReached(ctx.size, min_ranks) from error
+    # Reset even below min_ranks: the caller's checkpoint then runs over the survivors.
     state.reset(ctx)
     record["recovery_s"] = round(time.perf_counter() - t0, 4)
     state.failures.append(record)
+    if ctx.size < min_ranks:
+        raise MinRanksReached(ctx.size, min_ranks) from error
     return record
 
 

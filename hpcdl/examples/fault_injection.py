@@ -9,8 +9,11 @@ Deterministic kill points instead of timing.
 
 ``HPCDL_TEST_SAMPLES=DIR``: every rank appends ``gen epoch step id,id,...`` for
 each step it starts to ``DIR/samples-<world rank>.txt`` and ``gen epoch step`` for
-each step it commits to ``DIR/commits-<world rank>.txt`` (``gen``: recoveries so
-far), so a test can count every sample of every epoch among the committed steps.
+each step it commits to ``DIR/commits-<world rank>.txt`` (``gen epoch step time``;
+``gen``: recoveries so far), so a test can count every sample of every epoch among
+the committed steps; a killed rank writes the time of its death to ``kill-<rank>.txt``.
+The plain ``--mode allreduce`` loop calls the ``allreduce`` kill point and
+:func:`record_commit` too (benchmarks/failover.py's checkpoint-and-restart baseline).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ _WORLD = MPI.COMM_WORLD.Get_rank()
 
 
 def _die() -> None:
+    _append("kill", f"{time.time():.6f}")   # when, for benchmarks/failover.py
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -82,4 +86,4 @@ def record_samples(gen: int, epoch: int, step: int, ids: list[int]) -> None:
 
 
 def record_commit(gen: int, epoch: int, step: int) -> None:
-    _append("commits", f"{gen} {epoch} {step}")
+    _append("commits", f"{gen} {epoch} {step} {time.time():.6f}")

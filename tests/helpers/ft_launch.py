@@ -15,7 +15,7 @@ __all__ = ["launch_ft"]
 
 
 def launch_ft(n: int, command: list[str], env: dict[str, str] | None = None,
-              limit: float = 150) -> tuple[subprocess.CompletedProcess, float]:
+              limit: float = 300) -> tuple[subprocess.CompletedProcess, float]:
     hpcdl_cli = Path(sys.executable).parent / "hpcdl"
     full = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for k in [k for k in full if k.startswith(("OMPI_", "PMIX_", "PRTE_", "HPCDL_TEST_"))]:

@@ -2,7 +2,7 @@
 
 The job (``hpcdl/examples/fault_injection.py``) writes, per world rank, the sample
 ids of every step it starts (``samples-R.txt``: ``gen epoch step ids``) and every
-step it commits (``commits-R.txt``: ``gen epoch step``). A step counts when a
+step it commits (``commits-R.txt``: ``gen epoch step time``). A step counts when a
 survivor committed it: its update holds the gradients of every rank that started
 it in that generation, the rank that died during it included.
 """
@@ -25,7 +25,7 @@ def _lines(folder: Path, kind: str, ranks: "set[int] | None" = None) -> list[lis
 def epoch_counts(folder: "str | Path", survivors: set[int]) -> dict[int, Counter]:
     """{epoch: Counter(sample id -> times used in a committed step)}."""
     folder = Path(folder)
-    committed = {tuple(map(int, c)) for c in _lines(folder, "commits", survivors)}
+    committed = {tuple(map(int, c[:3])) for c in _lines(folder, "commits", survivors)}
     counts: dict[int, Counter] = {}
     for gen, epoch, step, ids in _lines(folder, "samples"):
         if (int(gen), int(epoch), int(step)) in committed:

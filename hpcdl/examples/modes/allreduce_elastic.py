@@ -17,8 +17,10 @@ and exits with :data:`EXIT_REQUEUE` so the batch system can requeue it
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -73,6 +75,9 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
         ck.comm = new.comm                  # checkpoints are collective over the survivors
         if ck.manager is not None:
             ck.manager.comm = new.comm
+            if new.rank == 0:   # a save the failure interrupted: never a resume candidate
+                for tmp in Path(ck.manager.directory).glob("*.tmp"):
+                    shutil.rmtree(tmp, ignore_errors=True)
 
     state.on_reset(rebuild)
     bar = Progress(args.epochs * sampler.steps_left(), ctx.rank == 0, f"{ctx.size} rank(s)")
