@@ -12,7 +12,7 @@ from .collectives import (Handle, algorithm_names, allgather, allreduce, barrier
                           partial_allreduce, reduce_scatter)
 from .collectives.debug import set_debug
 from .errors import (CommError, ContiguityError, DeviceMismatchError, DtypeError, HpcdlError,
-                     InvalidArgumentError, MismatchError)
+                     InvalidArgumentError, MismatchError, ProcessFailed)
 from .groups import subgroup
 from .ops import ReduceOp
 from .preduce import PReduce, preduce, preduce_close
@@ -26,6 +26,6 @@ __all__ = [
     "partial_allreduce", "PReduce", "preduce", "preduce_close",
     "algorithm_names", "subgroup", "ReduceOp", "set_debug",
     "HpcdlError", "InvalidArgumentError", "DtypeError", "ContiguityError",
-    "DeviceMismatchError", "MismatchError", "CommError",
+    "DeviceMismatchError", "MismatchError", "CommError", "ProcessFailed",
     "__version__",
 ]

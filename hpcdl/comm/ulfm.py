@@ -24,7 +24,7 @@ from mpi4py import MPI
 from ..errors import ProcessFailed
 
 __all__ = ["ft_enabled", "FAILURE_CLASSES", "is_failure", "make_fault_tolerant",
-           "failed_ranks", "revoke", "process_failed"]
+           "failed_ranks", "revoke", "process_failed", "recover_channel"]
 
 #: ULFM's error classes (mpi4py exposes them where the MPI library has ULFM).
 FAILURE_CLASSES = frozenset(
@@ -104,3 +104,30 @@ def process_failed(exc: BaseException, comm: Any, op: str) -> ProcessFailed:
            else "another rank saw a process fail and revoked this communicator")
     return ProcessFailed(f"{who} ({exc.Get_error_string()}); the survivors can shrink and "
                          "go on (hpcdl.elastic)", failed=failed, rank=rank, size=size, op=op)
+
+
+def recover_channel(exc: BaseException, comm: Any, pending: list, receive: Any,
+                    repost: Any) -> tuple[list, Any]:
+    """For a thread that serves a receive from any source on ``comm`` (the watchdog):
+    after ``exc``, a ULFM failure (anything else is re-raised), acknowledge the failure so
+    such receives work on, drop the sends in ``pending`` (``(request, buffer)`` pairs)
+    that went to the dead, and keep ``receive`` if ULFM left it usable, else post a new
+    one with ``repost()``. Returns the new ``(pending, receive)``."""
+    if not is_failure(exc):
+        raise exc
+    try:
+        comm.Ack_failed()
+    except MPI.Exception:
+        pass
+    kept = []
+    for req, data in pending:
+        try:
+            if not req.Test():
+                kept.append((req, data))
+        except MPI.Exception:
+            pass   # a send to a dead rank: nobody is left to read it
+    try:
+        receive.Test()
+    except MPI.Exception:
+        receive = repost()
+    return kept, receive

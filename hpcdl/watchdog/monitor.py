@@ -45,7 +45,7 @@ from typing import Any
 from mpi4py import MPI
 
 from . import report as R
-from ..comm.ulfm import is_failure, make_fault_tolerant
+from ..comm.ulfm import make_fault_tolerant, recover_channel
 from .comm import WATCHED_CODES, watched_comms, world_ranks
 from .waits import Wait, current_waits
 
@@ -83,9 +83,7 @@ class Monitor(threading.Thread):
 
     def __init__(self, timeout: float, channel: MPI.Intracomm) -> None:
         super().__init__(name="hpcdl-watchdog", daemon=True)
-        # FT mode: a dead rank is no stall; its failure reaches this channel as an error
-        # (handled in _serve), not as an abort of the whole job.
-        make_fault_tolerant(channel)
+        make_fault_tolerant(channel)   # FT mode: a death is an error here, not an abort
         self.timeout = float(timeout)
         self.interval = min(1.0, max(0.05, self.timeout / 10))
         self.channel = channel            # a plain Dup of COMM_WORLD, used only here
@@ -102,10 +100,10 @@ class Monitor(threading.Thread):
         while not self._halt.wait(self.interval):
             try:
                 self._serve()
-            except MPI.Exception as exc:
-                if not is_failure(exc):
-                    raise
-                self._after_failure()
+            except MPI.Exception as exc:   # FT mode: a dead rank is no stall (comm/ulfm.py)
+                self._pending, self._ask = recover_channel(
+                    exc, self.channel, self._pending, self._ask,
+                    lambda: self.channel.Irecv(self._ask_buf, MPI.ANY_SOURCE, _TAG_ASK))
             stalled = self._sample()
             if stalled is not None:
                 self._report_and_abort(stalled)
@@ -126,28 +124,6 @@ class Monitor(threading.Thread):
         while self._pending and time.monotonic() < deadline:
             self._flush()
             time.sleep(0.01)
-
-    def _after_failure(self) -> None:
-        """A rank died (FT mode): acknowledge it so the receive from any source works on,
-        and drop the sends to the dead (their answers have nobody left to read them)."""
-        try:
-            self.channel.Ack_failed()
-        except MPI.Exception:
-            pass
-        kept = []
-        for req, data in self._pending:
-            try:
-                if not req.Test():
-                    kept.append((req, data))
-            except MPI.Exception:
-                pass
-        self._pending = kept
-        try:
-            self._ask.Test()
-        except MPI.Exception:
-            # ULFM leaves a receive from any source pending after the acknowledgement
-            # on some versions and completes it in error on others: post a fresh one.
-            self._ask = self.channel.Irecv(self._ask_buf, MPI.ANY_SOURCE, _TAG_ASK)
 
     def _sample(self) -> R.Stall | None:
         now = time.monotonic()

@@ -7,7 +7,7 @@ backend, must raise ProcessFailed on every survivor (not hang, not abort the job
 all ranks lived, so each must notice the death itself; then the survivors shrink,
 check an allreduce over the survivors against NumPy, sleep ``SLEEP_S`` (longer than a
 watchdog timeout the test sets: the watchdog must not take the death for a stall)
-and print ``OK rank R ...``. ``unhandled``: the ProcessFailed is left uncaught, so the
+rebuild the torch process group over the survivors and print ``OK rank R ...``. ``unhandled``: the ProcessFailed is left uncaught, so the
 job must end non-zero, naming the rank.
 """
 
@@ -65,6 +65,12 @@ def main() -> None:
     hpcdl.allreduce(buf, comm=new.comm)
     ref = sum(data(r) for r in range(ctx.size) if r != victim)
     good = np.allclose(buf, ref, rtol=1e-12)
+    # the torch process group spans the dead rank: rebuilt over the survivors
+    dist.destroy_process_group()
+    dist.init_process_group("hpcdl")
+    t = torch.ones(3)
+    dist.all_reduce(t)
+    good = good and dist.get_world_size() == new.size and float(t[0]) == new.size
     time.sleep(sleep_s)
     hpcdl.allreduce(np.ones(1), comm=new.comm)   # still alive together after the sleep
     print(f"{'OK' if good and all(v != 'no error' for v in seen.values()) else 'BAD'} rank "
