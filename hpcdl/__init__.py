@@ -31,7 +31,7 @@ _LAZY: dict[str, str] = {
     "subgroup": ".groups", "ReduceOp": ".ops", "set_debug": ".collectives.debug",
     "HpcdlError": ".errors", "InvalidArgumentError": ".errors", "DtypeError": ".errors",
     "ContiguityError": ".errors", "DeviceMismatchError": ".errors",
-    "MismatchError": ".errors", "CommError": ".errors",
+    "MismatchError": ".errors", "CommError": ".errors", "ProcessFailed": ".errors",
 }
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
     "partial_allreduce", "PReduce", "preduce", "preduce_close",
     "algorithm_names", "subgroup", "ReduceOp", "set_debug",
     "HpcdlError", "InvalidArgumentError", "DtypeError", "ContiguityError",
-    "DeviceMismatchError", "MismatchError", "CommError",
+    "DeviceMismatchError", "MismatchError", "CommError", "ProcessFailed",
     "__version__",
 ]
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
                               partial_allreduce, reduce_scatter)
     from .collectives.debug import set_debug
     from .errors import (CommError, ContiguityError, DeviceMismatchError, DtypeError,
-                         HpcdlError, InvalidArgumentError, MismatchError)
+                         HpcdlError, InvalidArgumentError, MismatchError, ProcessFailed)
     from .groups import subgroup
     from .ops import ReduceOp
     from .preduce import PReduce, preduce, preduce_close

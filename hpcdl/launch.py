@@ -8,7 +8,11 @@ first on PATH, and sets what a laptop or CI box needs:
   shared-memory transport only;
 * every rank runs Python under ``-m mpi4py``, so an uncaught exception on one
   rank calls ``MPI_Abort`` and ends the whole job instead of leaving the others
-  waiting in a collective forever.
+  waiting in a collective forever;
+* ``--ft``: fault-tolerant mode (docs/fault-tolerance.md): mpiexec gets
+  ``--with-ft ulfm`` (a dead rank no longer ends the job; the survivors get
+  ``hpcdl.errors.ProcessFailed`` and may shrink and go on, ``hpcdl.elastic``)
+  and every rank ``HPCDL_FT=1``.
 
 Variables already set in the environment win. On clusters keep using ``srun``
 or the site's ``mpirun``: hpcdl needs nothing from this launcher.
@@ -24,11 +28,12 @@ from pathlib import Path
 
 __all__ = ["find_mpiexec", "mpi_flavour", "launch_env", "build_command", "main"]
 
-USAGE = """usage: hpcdl launch -n N [--mpiexec PATH] [--dry-run] [-- MPIEXEC_OPTIONS] -- CMD [ARGS...]
+USAGE = """usage: hpcdl launch -n N [--ft] [--mpiexec PATH] [--dry-run] [-- MPIEXEC_OPTIONS] -- CMD [ARGS...]
 
   hpcdl launch -n 4 -- hpcdl info
   hpcdl launch -n 4 -- python train.py --epochs 3
   hpcdl launch -n 2 -- --bind-to none -- python -m pytest --with-mpi tests/
+  hpcdl launch -n 4 --ft -- python -m hpcdl.examples.train --on-failure shrink
 """
 
 
@@ -91,10 +96,14 @@ def _python_command(cmd: list[str]) -> list[str]:
 
 
 def build_command(argv: list[str]) -> tuple[list[str], str | None, bool]:
-    """Parse ``launch`` arguments into (mpiexec argv without the program, mpiexec, dry_run)."""
+    """Parse ``launch`` arguments into (mpiexec argv without the program, mpiexec, dry_run).
+
+    With ``--ft`` the argv also carries ``--with-ft ulfm`` and ``-x HPCDL_FT=1`` (Open
+    MPI >= 5; :func:`main` refuses another MPI, whose mpiexec would not understand it)."""
     nprocs: str | None = None
     mpiexec: str | None = None
     dry = False
+    ft = False
     i = 0
     while i < len(argv) and argv[i] != "--":
         arg = argv[i]
@@ -104,6 +113,8 @@ def build_command(argv: list[str]) -> tuple[list[str], str | None, bool]:
             mpiexec, i = argv[i + 1], i + 2
         elif arg == "--dry-run":
             dry, i = True, i + 1
+        elif arg == "--ft":
+            ft, i = True, i + 1
         elif arg in ("-h", "--help"):
             raise SystemExit(USAGE)
         else:
@@ -117,6 +128,11 @@ def build_command(argv: list[str]) -> tuple[list[str], str | None, bool]:
         options, rest = rest[:cut], rest[cut + 1:]
     if not rest:
         raise SystemExit(USAGE)
+    if ft:
+        # ULFM: the runtime keeps the job alive when a rank dies and MPI reports the
+        # failure to the survivors; HPCDL_FT=1 makes hpcdl ask for those reports
+        # (ERRORS_RETURN) and raise ProcessFailed instead of aborting.
+        options = ["--with-ft", "ulfm", "-x", "HPCDL_FT=1", *options]
     return ["-n", nprocs, *options, *_python_command(rest)], mpiexec, dry
 
 
@@ -125,6 +141,12 @@ def main(argv: list[str]) -> int:
     mpiexec = find_mpiexec(explicit)
     flavour, major = mpi_flavour(mpiexec)
     env = launch_env(flavour, major)
+    if "--with-ft" in args[:4] and not (flavour == "openmpi" and major >= 5):
+        raise SystemExit(f"hpcdl launch --ft: {mpiexec} is not Open MPI >= 5 "
+                         f"({flavour} {major or ''}); fault tolerance needs ULFM, which Open "
+                         "MPI 5 has (docs/fault-tolerance.md)")
+    if "--with-ft" in args[:4]:
+        env["HPCDL_FT"] = "1"
     command = [mpiexec, *args]
     if dry:
         print(" ".join(command))

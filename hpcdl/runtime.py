@@ -26,6 +26,7 @@ from mpi4py import MPI
 from . import context, trace as tracing, watchdog
 from .collectives.debug import set_debug
 from .collectives.handle import close_all
+from . import ulfm
 from .comm.mpi import MPICommunicator
 from .comm.nodes import NodeComms, attach_node_comms, job_layout
 from .context import Context, default_comm, get_context, is_initialized
@@ -33,7 +34,7 @@ from .device import gpu_count
 from .errors import InvalidArgumentError
 
 __all__ = ["Context", "init", "get_context", "default_comm", "is_initialized", "probe_cuda_aware",
-           "launcher_env", "under_launcher", "launched_rank"]
+           "launcher_env", "under_launcher", "launched_rank", "set_default_context"]
 
 _LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID",
                     "PMI_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "PALS_LOCAL_RANKID")
@@ -234,6 +235,11 @@ def init(comm: Any = None, timeout: float | None = None, *,
             return context.get_context()
         env = os.environ
         base = MPI.COMM_WORLD if comm is None else comm
+        # FT mode (HPCDL_FT=1): errors return, so a dead rank is a ProcessFailed the
+        # survivors can handle (hpcdl/ulfm.py); the Dup below inherits the handler.
+        ulfm.make_fault_tolerant(MPI.COMM_WORLD)
+        ulfm.make_fault_tolerant(base)
+
         dup = base.Dup()
         wd_timeout = watchdog.resolve_timeout(timeout, rank=dup.Get_rank())
         watchdog.agree(dup, wd_timeout)
@@ -314,3 +320,12 @@ def _shutdown() -> None:
 # get_context() (hpcdl.context) starts hpcdl on first use by calling init();
 # collectives read the context from there without importing this module.
 context.set_starter(init)
+
+
+def set_default_context(ctx: Context) -> None:
+    """Make ``ctx`` the default context (what ``comm=None`` means from now on).
+
+    :mod:`hpcdl.elastic` calls it after a shrink: the old default communicator holds a
+    dead rank, and every later ``hpcdl.allreduce(x)`` must run over the survivors."""
+    with _LOCK:
+        context.set_context(ctx)

@@ -34,8 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import ulfm
 from ..comm.base import Communicator
 from ..comm.nodes import NodeComms, node_comms
+from ..errors import ProcessFailed
 from ..ops import ReduceOp
 from .blocks import CHUNK_BYTES, block_bounds
 from .catalog import ALLREDUCE
@@ -52,6 +54,16 @@ def _flat(comm: Communicator, buf: np.ndarray, op: ReduceOp) -> None:
 
 def hierarchical_allreduce_nodes(nodes: NodeComms, buf: np.ndarray, op: ReduceOp) -> None:
     """The algorithm itself, over an explicit node layout (in place, avg as sum)."""
+    try:
+        _over_nodes(nodes, buf, op)
+    except ProcessFailed:
+        # A failure seen on one level must reach the ranks waiting on the other: a
+        # node's ranks wait in its local ring for a leader that is handling the error.
+        ulfm.revoke(nodes.local, nodes.cross)
+        raise
+
+
+def _over_nodes(nodes: NodeComms, buf: np.ndarray, op: ReduceOp) -> None:
     local, cross = nodes.local, nodes.cross
     if not nodes.even:
         if local.size > 1:

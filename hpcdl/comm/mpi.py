@@ -15,6 +15,7 @@ from mpi4py import MPI
 from .. import trace
 from ..watchdog.waits import waiting
 from ..buffers import Buffer
+from .. import ulfm
 from .base import UNDEFINED
 from ..errors import CommError, DtypeError
 from ..ops import ReduceOp, dtype_name
@@ -76,8 +77,13 @@ def _nbytes(args: tuple) -> int:
 
 def mpi_error(exc: BaseException, comm: Any, op: str) -> CommError:
     """MPI's failure ``exc`` in ``op`` on ``comm`` as a CommError: rank, operation and MPI's
-    own error string (the one conversion every MPI call of hpcdl goes through)."""
+    own error string (the one conversion every MPI call of hpcdl goes through). A dead
+    peer (fault-tolerant mode, ULFM) gives :class:`~hpcdl.errors.ProcessFailed`."""
+    if ulfm.is_failure(exc):
+        return ulfm.process_failed(exc, comm, op)
     text = exc.Get_error_string() if isinstance(exc, MPI.Exception) else str(exc)
+    if isinstance(comm, MPI.Comm):
+        return CommError(f"MPI error: {text}", rank=comm.Get_rank(), size=comm.Get_size(), op=op)
     return CommError(f"MPI error: {text}", rank=comm.rank, size=comm.size, op=op)
 
 
@@ -114,14 +120,17 @@ class _MPIRequest:
             raise mpi_error(exc, self.comm, "wait") from exc
 
     def test(self) -> bool:
-        return bool(self.req.Test())
+        try:
+            return bool(self.req.Test())
+        except MPI.Exception as exc:
+            raise mpi_error(exc, self.comm, "test") from exc
 
 
 class MPICommunicator(CommState):
     """hpcdl's view of an mpi4py communicator (usually a Dup of COMM_WORLD)."""
 
     def __init__(self, comm: MPI.Comm) -> None:
-        self.mpi = comm
+        self.mpi = ulfm.make_fault_tolerant(comm)   # FT mode: errors return (hpcdl/ulfm.py)
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self._splits: dict[str, "MPICommunicator"] = {}

@@ -13,7 +13,9 @@ DistributedOptimizer); every mode writes the same ``metrics.json`` (and
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import torch
 import hpcdl
 import hpcdl.torch as hdt
 
-from . import checkpointing
+from . import checkpointing, failover
 from .common import SmallCNN, load_data, pick_device, save_plot, set_threads
 from .modes import DEFAULT_MODE, MODES, load_mode
 
@@ -43,10 +45,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="torch threads per rank; 0: this node's cores / ranks on it")
     p.add_argument("--out", default="out/demo", help="folder for metrics.json and curves.png")
     checkpointing.add_arguments(p)
+    failover.add_arguments(p)
     # one module may serve several --mode names (ps-sync, ps-async, ssp): its flags once
     for name in {module: name for name, module in MODES.items()}.values():
         load_mode(name).add_arguments(p)
     return p.parse_args(argv)
+
+
+#: The modes that can go on without a dead rank (``--on-failure shrink``): their loop.
+SHRINK_MODES = {"allreduce": "hpcdl.examples.modes.allreduce_elastic"}
+
+
+def _shrink_mode(args: argparse.Namespace) -> Any:
+    """The module that runs ``args.mode`` under ``--on-failure shrink``, after refusing
+    what cannot work (refused, not ignored: a job that believes it survives failures and
+    does not is lost at the first one)."""
+    if args.mode not in SHRINK_MODES:
+        raise SystemExit(f"--on-failure shrink: --mode {args.mode} cannot go on without a dead "
+                         f"rank yet; modes that can: {', '.join(SHRINK_MODES)} (or keep the "
+                         "default --on-failure abort)")
+    if os.environ.get("HPCDL_FT") != "1":
+        raise SystemExit("--on-failure shrink needs fault-tolerant MPI: launch with "
+                         "`hpcdl launch --ft -n N -- python -m hpcdl.examples.train ...` "
+                         "(mpiexec --with-ft ulfm and HPCDL_FT=1; docs/fault-tolerance.md)")
+    if args.min_ranks < 1:
+        raise SystemExit(f"--min-ranks {args.min_ranks}: use K >= 1")
+    return importlib.import_module(SHRINK_MODES[args.mode])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -59,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "(its module does not set CHECKPOINTS = True: its state is not saved); "
                          "modes that do: " + ", ".join(
                              n for n in MODES if getattr(load_mode(n), "CHECKPOINTS", False)))
+    if args.on_failure == "shrink":
+        mode = _shrink_mode(args)
     ctx = hpcdl.init()
     threads = set_threads(ctx.local_size, args.threads)
     device = pick_device(args.device, ctx)
@@ -76,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "global_batch": args.batch_size * ctx.size,
                             "train_samples": len(data.y_train), "test_samples": len(data.y_test),
                             **result.settings},
+               "failures": [],   # filled by --on-failure shrink (docs/fault-tolerance.md)
                **result.fields,
                "epochs": result.history}
     if result.writer:

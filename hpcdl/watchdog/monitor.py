@@ -45,6 +45,7 @@ from typing import Any
 from mpi4py import MPI
 
 from . import report as R
+from ..ulfm import make_fault_tolerant, recover_channel
 from .comm import WATCHED_CODES, watched_comms, world_ranks
 from .waits import Wait, current_waits
 
@@ -82,6 +83,7 @@ class Monitor(threading.Thread):
 
     def __init__(self, timeout: float, channel: MPI.Intracomm) -> None:
         super().__init__(name="hpcdl-watchdog", daemon=True)
+        make_fault_tolerant(channel)   # FT mode: a death is an error here, not an abort
         self.timeout = float(timeout)
         self.interval = min(1.0, max(0.05, self.timeout / 10))
         self.channel = channel            # a plain Dup of COMM_WORLD, used only here
@@ -96,7 +98,12 @@ class Monitor(threading.Thread):
     # -- the loop --------------------------------------------------------------
     def run(self) -> None:
         while not self._halt.wait(self.interval):
-            self._serve()
+            try:
+                self._serve()
+            except MPI.Exception as exc:   # FT mode: a dead rank is no stall (hpcdl/ulfm.py)
+                self._pending, self._ask = recover_channel(
+                    exc, self.channel, self._pending, self._ask,
+                    lambda: self.channel.Irecv(self._ask_buf, MPI.ANY_SOURCE, _TAG_ASK))
             stalled = self._sample()
             if stalled is not None:
                 self._report_and_abort(stalled)

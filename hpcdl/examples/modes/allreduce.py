@@ -13,6 +13,7 @@ import hpcdl
 import hpcdl.torch as hdt
 
 from .. import checkpointing
+from .. import fault_injection as inject
 from ..common import Data, Progress, RunResult, SmallCNN, epoch_row, evaluate, make_compression
 
 __all__ = ["CHECKPOINTS", "add_arguments", "run"]
@@ -65,8 +66,10 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
             with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
                 loss = nn.functional.cross_entropy(model(x), y)
             scaler.scale(loss).backward()
+            inject.kill_point(ck.step + 1, "allreduce")   # test-only (HPCDL_TEST_KILL)
             scaler.step(opt)
             scaler.update()
+            inject.record_commit(0, epoch, ck.step + 1)    # test-only (HPCDL_TEST_SAMPLES)
             running[0] += loss.detach().double() * len(y)
             running[1] += len(y)
             bar.update(1)

@@ -10,10 +10,13 @@ completes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from mpi4py import MPI
 
+from ...comm.mpi import mpi_error
 from .ops import dense, host_bytes, write_back
 from .work import P2PWork
 
@@ -36,7 +39,8 @@ class PointToPoint:
         t = self._p2p_args(tensors, dst, tag, "send")
         # A CUDA tensor is staged, a strided one copied: the copy lives in the work.
         host = dense(t.detach().to("cpu"))
-        req = self._p2p.mpi.Isend([host_bytes(host), MPI.BYTE], dst, tag)
+        req = self._post(lambda: self._p2p.mpi.Isend([host_bytes(host), MPI.BYTE], dst, tag),
+                         "send")
         work = P2PWork(req, tensors, "send", self.comm.rank, mpi=self._p2p.mpi, peer=dst,
                        timeout_s=self.timeout_s)
         work._keep = host  # the send buffer must outlive the request
@@ -48,10 +52,17 @@ class PointToPoint:
         # back when the request completes (P2PWork runs ``finish`` then).
         direct = t.device.type == "cpu" and t.is_contiguous()
         host = t if direct else torch.empty(t.shape, dtype=t.dtype)
-        req = self._p2p.mpi.Irecv([host_bytes(host), MPI.BYTE], src, tag)
+        req = self._post(lambda: self._p2p.mpi.Irecv([host_bytes(host), MPI.BYTE], src, tag),
+                         "recv")
         finish = None if direct else (lambda: write_back(t, host))
         return P2PWork(req, tensors, "recv", self.comm.rank, finish, mpi=self._p2p.mpi,
                        peer=src, timeout_s=self.timeout_s)
+
+    def _post(self, start: Any, op: str) -> MPI.Request:
+        try:
+            return start()
+        except MPI.Exception as exc:   # a revoked communicator (FT mode): ProcessFailed
+            raise mpi_error(exc, self._p2p, op) from exc
 
     def recv_anysource(self, tensors: list, tag: int) -> dist.Work:
         raise self._err("recv", "a receive from any source (src=None) is not supported: "

@@ -28,6 +28,7 @@ from mpi4py import MPI
 from torch.futures import Future
 
 from ...collectives.handle import executor_for
+from ...comm.mpi import mpi_error
 from ...errors import CommError, HpcdlError
 from ...watchdog import waiting
 
@@ -122,7 +123,9 @@ def submit(comm: Any, op: str, job: Callable[[], Any],
         try:
             result = job()
         except BaseException as exc:  # noqa: BLE001 - delivered through the work
-            if not isinstance(exc, HpcdlError):
+            if isinstance(exc, MPI.Exception):   # a direct mpi4py call (ProcessFailed in FT mode)
+                exc = mpi_error(exc, comm, op)
+            elif not isinstance(exc, HpcdlError):
                 exc = CommError(f"{type(exc).__name__}: {exc}", rank=comm.rank,
                                 size=comm.size, op=op)
             work._finish(error=exc)
@@ -148,6 +151,7 @@ class P2PWork(dist.Work):
         self._rank = rank
         self._finish = finish  # copies a staged receive back to the device tensor
         self._done = False
+        self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._future: Future | None = None
 
@@ -163,9 +167,23 @@ class P2PWork(dist.Work):
             self._future.set_result(self._tensors)
 
     def is_completed(self) -> bool:
-        if not self._done and self._req.Test():
-            self._complete()
+        try:
+            if not self._done and self._req.Test():
+                self._complete()
+        except MPI.Exception as exc:
+            # The peer died (FT mode) or MPI failed: the work is over, with an error that
+            # wait() raises; the poller thread must not die of it (that aborts the job).
+            self._fail(mpi_error(exc, self._mpi if self._mpi is not None else MPI.COMM_WORLD,
+                                 self._op))
         return self._done
+
+    def _fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done, self._error = True, error
+        if self._future is not None:
+            self._future.set_exception(error)
 
     def wait(self, timeout: Any = None) -> bool:
         limit, source = wait_timeout(self._timeout_s, timeout)
@@ -179,6 +197,8 @@ class P2PWork(dist.Work):
                                     f"{limit:g} s ({source})", rank=self._rank, op=self._op)
                 time.sleep(pause)
                 pause = min(pause * 2, 1e-3)
+        if self._error is not None:
+            raise self._error
         return True
 
     def result(self) -> list[torch.Tensor]:
@@ -189,7 +209,10 @@ class P2PWork(dist.Work):
             if self._future is None:
                 self._future = Future()
                 if self._done:
-                    self._future.set_result(self._tensors)
+                    if self._error is not None:
+                        self._future.set_exception(self._error)
+                    else:
+                        self._future.set_result(self._tensors)
                     return self._future
                 _POLLER.watch(self)
         return self._future

@@ -1,0 +1,133 @@
+"""Fault-tolerant mode (ULFM): a dead rank becomes an error the survivors can handle.
+
+``HPCDL_FT=1`` (set by ``hpcdl launch --ft``, which also runs mpiexec with
+``--with-ft ulfm``) turns it on. Then every communicator hpcdl makes or wraps
+gets ``MPI.ERRORS_RETURN`` (the default, ``ERRORS_ARE_FATAL``, ends the job on
+the first failure), and an MPI error of class ``MPI_ERR_PROC_FAILED``,
+``MPI_ERR_PROC_FAILED_PENDING`` or ``MPI_ERR_REVOKED`` becomes
+:class:`~hpcdl.errors.ProcessFailed`, naming the dead ranks this rank knows of.
+
+The communicator is revoked before the error is raised: a survivor that waits
+on a *live* peer (a ring neighbour, a node leader) learns of the failure only
+through the revoke, otherwise it would wait for a message that peer, now
+handling its own error, never sends. Recovery (shrink, agree, restore) is
+:mod:`hpcdl.elastic`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mpi4py import MPI
+
+from .errors import ProcessFailed
+
+__all__ = ["ft_enabled", "FAILURE_CLASSES", "is_failure", "make_fault_tolerant",
+           "failed_ranks", "revoke", "process_failed", "recover_channel"]
+
+#: ULFM's error classes (mpi4py exposes them where the MPI library has ULFM).
+FAILURE_CLASSES = frozenset(
+    getattr(MPI, name) for name in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
+    if hasattr(MPI, name))
+
+
+def ft_enabled() -> bool:
+    """Is fault-tolerant mode on (``HPCDL_FT=1``)?"""
+    return os.environ.get("HPCDL_FT", "0") == "1"
+
+
+def is_failure(exc: BaseException) -> bool:
+    """Is ``exc`` an MPI error that says a process failed (or the communicator was revoked)?"""
+    return isinstance(exc, MPI.Exception) and exc.Get_error_class() in FAILURE_CLASSES
+
+
+def make_fault_tolerant(comm: Any) -> Any:
+    """In FT mode, ``comm`` (mpi4py) reports errors instead of aborting; returns ``comm``."""
+    if ft_enabled() and comm != MPI.COMM_NULL:
+        comm.Set_errhandler(MPI.ERRORS_RETURN)
+    return comm
+
+
+def _mpi(comm: Any) -> Any:
+    """The mpi4py communicator behind an hpcdl one (or ``comm`` itself); None for fakes."""
+    inner = getattr(comm, "mpi", comm)
+    return inner if isinstance(inner, MPI.Comm) else None
+
+
+def failed_ranks(comm: Any) -> tuple[int, ...]:
+    """Ranks of ``comm`` this process knows to be dead (``MPI_Comm_get_failed``)."""
+    mpi = _mpi(comm)
+    if mpi is None or not hasattr(mpi, "Get_failed"):
+        return ()
+    try:
+        group = mpi.Get_failed()
+        try:
+            n = group.Get_size()
+            ranks = MPI.Group.Translate_ranks(group, list(range(n)), mpi.Get_group())
+        finally:
+            group.Free()
+    except MPI.Exception:
+        return ()
+    return tuple(sorted(int(r) for r in ranks if r != MPI.UNDEFINED))
+
+
+def _world(mpi: Any, ranks: tuple[int, ...]) -> list[int]:
+    try:
+        return list(MPI.Group.Translate_ranks(mpi.Get_group(), list(ranks),
+                                              MPI.COMM_WORLD.Get_group()))
+    except MPI.Exception:
+        return list(ranks)
+
+
+def revoke(*comms: Any) -> None:
+    """Revoke each communicator (fakes and freed ones are skipped; twice is harmless)."""
+    for comm in comms:
+        mpi = _mpi(comm)
+        if mpi is None or mpi == MPI.COMM_NULL or not hasattr(mpi, "Revoke"):
+            continue
+        try:
+            mpi.Revoke()
+        except MPI.Exception:
+            pass   # already revoked, or its own peers are all gone: nothing left to tell
+
+
+def process_failed(exc: BaseException, comm: Any, op: str) -> ProcessFailed:
+    """``exc`` (a ULFM error in ``op`` on ``comm``) as a ProcessFailed; revokes ``comm``."""
+    revoke(comm)
+    failed = failed_ranks(comm)
+    mpi = _mpi(comm)
+    rank = mpi.Get_rank() if mpi is not None else getattr(comm, "rank", None)
+    size = mpi.Get_size() if mpi is not None else getattr(comm, "size", None)
+    who = (f"rank(s) {', '.join(map(str, failed))} of this communicator "
+           f"(world rank(s) {', '.join(map(str, _world(mpi, failed)))}) failed" if failed
+           else "another rank saw a process fail and revoked this communicator")
+    return ProcessFailed(f"{who} ({exc.Get_error_string()}); the survivors can shrink and "
+                         "go on (hpcdl.elastic)", failed=failed, rank=rank, size=size, op=op)
+
+
+def recover_channel(exc: BaseException, comm: Any, pending: list, receive: Any,
+                    repost: Any) -> tuple[list, Any]:
+    """For a thread that serves a receive from any source on ``comm`` (the watchdog):
+    after ``exc``, a ULFM failure (anything else is re-raised), acknowledge the failure so
+    such receives work on, drop the sends in ``pending`` (``(request, buffer)`` pairs)
+    that went to the dead, and keep ``receive`` if ULFM left it usable, else post a new
+    one with ``repost()``. Returns the new ``(pending, receive)``."""
+    if not is_failure(exc):
+        raise exc
+    try:
+        comm.Ack_failed()
+    except MPI.Exception:
+        pass
+    kept = []
+    for req, data in pending:
+        try:
+            if not req.Test():
+                kept.append((req, data))
+        except MPI.Exception:
+            pass   # a send to a dead rank: nobody is left to read it
+    try:
+        receive.Test()
+    except MPI.Exception:
+        receive = repost()
+    return kept, receive
