@@ -18,6 +18,7 @@ __all__ = [
     "DeviceMismatchError",
     "MismatchError",
     "CommError",
+    "ProcessFailed",
 ]
 
 
@@ -64,3 +65,19 @@ class MismatchError(HpcdlError):
 
 class CommError(HpcdlError):
     """MPI itself reported a failure; the MPI error string is the reason."""
+
+
+class ProcessFailed(CommError):
+    """Ranks of a communicator died (ULFM: MPI_ERR_PROC_FAILED or MPI_ERR_REVOKED).
+
+    ``failed`` lists the dead ranks (ranks of the communicator the operation used)
+    as far as this rank knows them; the survivors can shrink and go on.
+    """
+
+    def __init__(self, message: str, *, failed: tuple[int, ...] = (), **kw) -> None:
+        self.failed = tuple(failed)
+        super().__init__(message, **kw)
+
+    def __reduce__(self) -> tuple:
+        return (functools.partial(type(self), failed=self.failed, rank=self.rank,
+                                  size=self.size, op=self.op), (self.reason,))

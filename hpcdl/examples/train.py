@@ -22,7 +22,7 @@ import torch
 import hpcdl
 import hpcdl.torch as hdt
 
-from . import checkpointing
+from . import checkpointing, failover
 from .common import SmallCNN, load_data, pick_device, save_plot, set_threads
 from .modes import DEFAULT_MODE, MODES, load_mode
 
@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="torch threads per rank; 0: this node's cores / ranks on it")
     p.add_argument("--out", default="out/demo", help="folder for metrics.json and curves.png")
     checkpointing.add_arguments(p)
+    failover.add_arguments(p)
     # one module may serve several --mode names (ps-sync, ps-async, ssp): its flags once
     for name in {module: name for name, module in MODES.items()}.values():
         load_mode(name).add_arguments(p)
