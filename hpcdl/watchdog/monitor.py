@@ -47,6 +47,7 @@ from mpi4py import MPI
 from . import report as R
 from .comm import WATCHED_CODES, watched_comms, world_ranks
 from .waits import Wait, current_waits
+from ..ulfm import is_process_failure, quiet_test
 
 __all__ = ["Monitor", "ANSWER_S"]
 
@@ -199,14 +200,20 @@ class Monitor(threading.Thread):
         self._pending.append((self.channel.Isend(data, dest, tag), data))
 
     def _flush(self) -> None:
-        self._pending = [(r, b) for r, b in self._pending if not r.Test()]
+        self._pending = [(r, b) for r, b in self._pending if not quiet_test(r)]
 
     def _serve(self) -> None:
         """Answer every question that has arrived; never blocks."""
         self._flush()
         while True:
             status = MPI.Status()
-            if not self._ask.Test(status):
+            try:
+                if not self._ask.Test(status):
+                    return
+            except MPI.Exception as exc:   # FT mode (HPCDL_FT=1): a rank died; serve the rest
+                if not is_process_failure(exc):
+                    raise
+                self.channel.Ack_failed()
                 return
             asker = status.Get_source()
             key = bytes(self._ask_buf[:status.Get_count(MPI.BYTE)]).decode()
