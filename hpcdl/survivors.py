@@ -34,6 +34,15 @@ class Survivors:
         self.lost: list[int] = []                  # job ranks, in the order they were lost
         self.shrinks: list[dict[str, Any]] = []    # {lost_ranks, ranks_after, recovery_s}
 
+    def local(self, members: "tuple[int, ...] | list[int]") -> tuple[int, ...]:
+        """``members`` (ranks of the original communicator) as ranks of the current one;
+        a member that is gone raises :class:`~hpcdl.errors.ProcessFailed`."""
+        gone = [m for m in members if m not in self.ranks]
+        if gone:
+            raise ProcessFailed(f"rank(s) {gone} are gone (shrunk away)", failed=tuple(gone),
+                                rank=self.ranks[self.comm.rank], op="survivors")
+        return tuple(self.ranks.index(m) for m in members)
+
     def run(self, block: Callable[[MPICommunicator], Any], op: str) -> Any:
         """``block(comm)``: collective over the living workers, safe to run again."""
         while True:

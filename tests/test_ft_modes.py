@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,8 +72,10 @@ def metrics(out: Path) -> dict:
 
 def killed_at(stderr: str) -> float:
     """The wall time the failpoint printed just before its SIGKILL."""
-    line = next(x for x in stderr.splitlines() if x.startswith("failpoint:"))
-    return float(line.rsplit(" at ", 1)[1])
+    # (rank 0's progress bar may share the line: no newline before it)
+    found = re.search(r"failpoint: rank \d+ SIGKILLs itself .*? at (\d+\.\d+)", stderr)
+    assert found, stderr[-3000:]
+    return float(found.group(1))
 
 
 def survived(tmp_path: Path, n: int, mode_args: list[str], kill: str) -> tuple[dict, dict, str]:
@@ -121,3 +124,28 @@ def test_ps_dead_worker_without_shrink_ends_the_job_naming_it(tmp_path: Path) ->
     assert proc.returncode != 0, proc.stderr[-3000:]
     assert "worker rank(s) [1] died" in proc.stderr, proc.stderr[-3000:]
     assert "--on-failure shrink" in proc.stderr
+
+
+def test_preduce_rank_dies_and_training_finishes(tmp_path: Path) -> None:
+    _, m, stderr = survived(tmp_path, 4, ["--mode", "preduce", "--group-size", "2"], "2:15")
+    (f,) = m["failures"]
+    assert f["lost_ranks"] == [2] and f["ranks_after"] == 3 and f["steps_lost"] == 0
+    assert f["step"] > 0 and 0 <= f["recovery_s"] < 10
+    assert m["preduce"]["lost_ranks"] == [2]   # the epoch-end communicator shrank too
+    assert len(m["epochs"]) == 3
+
+
+def test_preduce_dead_controller_ends_the_job_naming_it(tmp_path: Path) -> None:
+    proc, wall = run_ft(3, tmp_path / "o", ["--mode", "preduce"], kill="0:5")
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert "rank 0 died: it ran the P-Reduce controller" in proc.stderr, proc.stderr[-3000:]
+    ended = time.time() - killed_at(proc.stderr)
+    print(f"dead controller: the job ended {ended:.1f} s after the SIGKILL ({wall:.1f} s)")
+    assert ended < 60
+
+
+def test_preduce_dead_rank_without_shrink_ends_the_job_naming_it(tmp_path: Path) -> None:
+    proc, _ = run_ft(3, tmp_path / "o", ["--mode", "preduce"], kill="1:5", shrink=False)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert "rank(s) [1] died" in proc.stderr and "--on-failure shrink" in proc.stderr, \
+        proc.stderr[-3000:]
