@@ -1,8 +1,9 @@
 """A test-only failure: ``HPCDL_TEST_SIGKILL="RANK:STEP"`` makes job rank RANK SIGKILL
 itself after its optimizer step STEP (counted from 1), as a crashed node would, so the
-fault-tolerance tests (tests/test_ft_modes.py) kill a rank at a known point;
-``RANK:@SECONDS`` kills it SECONDS after :func:`arm` (for a rank that takes no steps, a
-parameter server). Several pairs may be given, comma-separated. Unset: nothing happens."""
+fault-tolerance tests (tests/test_ft_modes.py) kill a rank at a known point. A rank
+that takes no steps of its own (a parameter server) counts what :func:`arm` is given
+(its applied updates). Several pairs may be given, comma-separated. Unset: nothing
+happens."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Callable
 
 __all__ = ["maybe_die", "arm"]
 
@@ -39,11 +41,17 @@ def maybe_die(rank: int, step: int) -> None:
         _die(rank, f"after step {step}")
 
 
-def arm(rank: int) -> None:
-    """Start the timer of a ``RANK:@SECONDS`` plan for ``rank`` (a daemon thread)."""
-    when = _PLAN.get(rank, "")
-    if when.startswith("@"):
-        seconds = float(when[1:])
-        threading.Thread(target=lambda: (time.sleep(seconds),
-                                         _die(rank, f"{seconds:g} s after start")),
-                         daemon=True, name="hpcdl-failpoint").start()
+def arm(rank: int, count: Callable[[], int]) -> None:
+    """For a rank whose loop is not ours: a daemon thread SIGKILLs it once ``count()``
+    (read every millisecond) reaches the plan's step for ``rank``."""
+    when = _PLAN.get(rank)
+    if when is None:
+        return
+    step = int(when)
+
+    def watch() -> None:
+        while count() < step:
+            time.sleep(0.001)
+        _die(rank, f"after update {step}")
+
+    threading.Thread(target=watch, daemon=True, name="hpcdl-failpoint").start()

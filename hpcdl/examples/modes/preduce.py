@@ -155,7 +155,10 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
     if session.controller is not None:
         stats = {**ck.stats_since_start(session),
                  "final_deadline_s": session.controller.deadline.value,
-                 "lost_ranks": sorted(live.lost)}
+                 "lost_ranks": sorted(live.lost),
+                 # wall clock of the controller noticing each death, and of the survivors'
+                 # full sync after it
+                 "lost": [dict(f) for f in session.controller.failures]}
         failures = [{"step": f["step"], "lost_ranks": f["lost_ranks"],
                      "ranks_after": f["ranks_after"],
                      "recovery_s": (f["resumed"] - f["detected"]) if f["resumed"] else 0.0,

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
         train, num_replicas=wc.size, rank=wc.rank, shuffle=True, seed=args.seed)
     ck.attach(ps.ps, sampler=sampler, extra={"history": history})
     if ps.is_server:
-        failpoint.arm(ctx.rank)
+        failpoint.arm(ctx.rank, lambda: ps.ps.stats["updates"])   # tests only
         info = {"server": ck.serve()}
     else:
         group = Survivors(wc, list(ps.roles.workers), args.on_failure)
