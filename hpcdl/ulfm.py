@@ -11,7 +11,6 @@ MPI error, or already a :class:`~hpcdl.errors.ProcessFailed`).
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from mpi4py import MPI
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from mpi4py import MPI
 
-from ..ulfm import ack_failed, is_process_failure, quiet_test
+from ..ulfm import ack_failed, is_process_failure
 
-__all__ = ["LostWorkers", "quiet_test"]
+__all__ = ["LostWorkers"]
 
 
 class LostWorkers:

@@ -33,8 +33,8 @@ from mpi4py import MPI
 
 from ..watchdog import waiting
 from . import protocol as P
-from ..ulfm import is_process_failure
-from .lost import LostWorkers, quiet_test
+from ..ulfm import is_process_failure, quiet_test
+from .lost import LostWorkers
 from .quiesce import Quiesce
 from .roles import Roles
 from .sharding import ShardPlan

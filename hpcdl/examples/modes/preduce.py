@@ -89,6 +89,9 @@ def batches(data: Data, batch_size: int, seed: int) -> Iterator[tuple[torch.Tens
 
 def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
         data: Data) -> RunResult:
+    if args.min_ranks > 1:
+        raise SystemExit("--mode preduce: --min-ranks is not supported (it checkpoints for a "
+                         "requeue, which --on-failure shrink does not do here)")
     if args.on_failure == "shrink" and args.checkpoint_dir:
         raise SystemExit("--mode preduce: --on-failure shrink with --checkpoint-dir is not "
                          "supported (a checkpoint needs every rank of the start)")

@@ -53,6 +53,9 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
     if ctx.size < 2:
         raise SystemExit(f"--mode {args.mode} needs at least 2 ranks (servers + workers); "
                          "launch with hpcdl launch -n 2 or more")
+    if args.min_ranks > 1:
+        raise SystemExit(f"--mode {args.mode}: --min-ranks is not supported (it checkpoints "
+                         "for a requeue, which --on-failure shrink does not do here)")
     if args.on_failure == "shrink" and args.checkpoint_dir:
         raise SystemExit(f"--mode {args.mode}: --on-failure shrink with --checkpoint-dir is not "
                          "supported (a checkpoint needs every worker of the start)")
