@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -182,6 +183,11 @@ def _abort_on_uncaught(rank: int, size: int, world: Any) -> None:
         text = "".join(traceback.format_exception(exc_type, exc, tb))
         _write_stderr(f"\n[hpcdl rank {rank}/{size}] {kind}; aborting the whole job "
                       f"(MPI_Abort):\n{text}")
+        if os.environ.get("HPCDL_FT") == "1" and hasattr(signal, "alarm"):
+            # Under ULFM, with a rank of the job dead already, MPI_Abort was seen (rarely,
+            # on a loaded machine) not to return or end the process: SIGALRM's default
+            # action ends it in 10 s whatever holds the GIL, so the job still ends.
+            signal.alarm(10)
         world.Abort(1)
 
     previous = sys.excepthook

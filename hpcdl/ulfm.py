@@ -11,7 +11,8 @@ The communicator is revoked before the error is raised: a survivor that waits
 on a *live* peer (a ring neighbour, a node leader) learns of the failure only
 through the revoke, otherwise it would wait for a message that peer, now
 handling its own error, never sends. Recovery (shrink, agree, restore) is
-:mod:`hpcdl.elastic`.
+:mod:`hpcdl.elastic` for data-parallel training and :mod:`hpcdl.survivors` for the
+parameter-server and P-Reduce modes; the helpers both use are here.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from mpi4py import MPI
 
 from .errors import ProcessFailed
 
-__all__ = ["ft_enabled", "FAILURE_CLASSES", "is_failure", "make_fault_tolerant",
-           "failed_ranks", "revoke", "process_failed", "recover_channel"]
+__all__ = ["ft_enabled", "FAILURE_CLASSES", "is_failure", "is_process_failure",
+           "make_fault_tolerant", "errors_return", "failed_ranks", "ack_failed", "agree",
+           "revoke", "shrink", "quiet_test", "process_failed", "recover_channel"]
 
 #: ULFM's error classes (mpi4py exposes them where the MPI library has ULFM).
 FAILURE_CLASSES = frozenset(
@@ -47,6 +49,32 @@ def make_fault_tolerant(comm: Any) -> Any:
     if ft_enabled() and comm != MPI.COMM_NULL:
         comm.Set_errhandler(MPI.ERRORS_RETURN)
     return comm
+
+
+#: The name the parameter server and P-Reduce use (they hold mpi4py communicators).
+errors_return = make_fault_tolerant
+
+
+def is_process_failure(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from (hpcdl wraps MPI errors in
+    :class:`~hpcdl.errors.CommError`), says a peer died."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, ProcessFailed) or is_failure(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def quiet_test(req: Any) -> bool:
+    """``req.Test()``, but a request to or from a dead peer counts as finished (the
+    caller has dropped, or will drop, that peer)."""
+    try:
+        return bool(req.Test())
+    except MPI.Exception as exc:
+        if is_process_failure(exc):
+            return True
+        raise
 
 
 def _mpi(comm: Any) -> Any:
@@ -90,6 +118,42 @@ def revoke(*comms: Any) -> None:
             mpi.Revoke()
         except MPI.Exception:
             pass   # already revoked, or its own peers are all gone: nothing left to tell
+
+
+def ack_failed(comm: Any) -> list[int]:
+    """Acknowledge every failure known on ``comm`` (so receives from ``MPI.ANY_SOURCE``
+    work again) and return the dead ranks."""
+    dead = list(failed_ranks(comm))
+    _mpi(comm).Ack_failed()
+    return dead
+
+
+def agree(comm: Any, ok: bool) -> bool:
+    """True when every surviving rank of ``comm`` passes ``ok`` True (``MPI_Comm_agree``,
+    which also completes on a revoked communicator). A failure not yet acknowledged
+    makes the agreement raise on every survivor alike: that counts as False."""
+    mpi = _mpi(comm)
+    try:
+        mpi.Ack_failed()
+        return bool(mpi.Agree(int(bool(ok))) & 1)
+    except MPI.Exception as exc:
+        if is_failure(exc):
+            return False
+        raise
+
+
+def shrink(comm: Any) -> Any:
+    """Revoke ``comm`` (so a rank still inside an operation on it gets out) and return a
+    new mpi4py communicator of its survivors, which returns errors too. ``comm`` is freed."""
+    mpi = _mpi(comm)
+    revoke(mpi)
+    new = mpi.Shrink()
+    new.Set_errhandler(MPI.ERRORS_RETURN)
+    try:
+        mpi.Free()
+    except MPI.Exception:
+        pass  # freeing a revoked communicator may report the failure again
+    return new
 
 
 def process_failed(exc: BaseException, comm: Any, op: str) -> ProcessFailed:

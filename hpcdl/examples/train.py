@@ -53,7 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 #: The modes that can go on without a dead rank (``--on-failure shrink``): their loop.
-SHRINK_MODES = {"allreduce": "hpcdl.examples.modes.allreduce_elastic"}
+SHRINK_MODES = {"allreduce": "hpcdl.examples.modes.allreduce_elastic",
+                # these modes' own modules handle --on-failure (docs/fault-tolerance.md)
+                "ps-sync": "hpcdl.examples.modes.ps", "ps-async": "hpcdl.examples.modes.ps",
+                "ssp": "hpcdl.examples.modes.ps", "preduce": "hpcdl.examples.modes.preduce"}
 
 
 def _shrink_mode(args: argparse.Namespace) -> Any:

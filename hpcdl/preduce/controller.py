@@ -23,6 +23,12 @@ end: when ``total_steps`` ready messages came (``"budget"``: every rank
 stops at its next call) or every rank called ``close`` (``"close"``); the end
 barriers reply ``STOP``. A closed rank forms no more groups; it joins the
 full syncs until the stop, so it stays connected.
+
+A dead rank (ULFM, ``HPCDL_FT=1``): its death surfaces as an error of the receive from
+``MPI.ANY_SOURCE``. With ``on_failure="shrink"`` it leaves the living set (the open
+group, the held ranks and the connectivity window forget it) and a full sync
+(``"failure"``) of the survivors follows, where they shrink the data communicator
+(session.py); otherwise the controller raises, which ends the job naming the rank.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CommError
+from ..errors import CommError, ProcessFailed
+from ..ulfm import ack_failed, is_process_failure, quiet_test
 from ..watchdog import waiting
 from .connectivity import Connectivity
 from .messages import (ERROR, FULL_SYNC_ERROR, GROUP, STOP, SYNC, TAG_ALIVE, TAG_HEARTBEAT,
@@ -41,7 +48,7 @@ from .messages import (ERROR, FULL_SYNC_ERROR, GROUP, STOP, SYNC, TAG_ALIVE, TAG
 __all__ = ["Deadline", "Controller"]
 
 _END = ("budget",)  # "close" ends when len(final) == n
-_RANK = {"connect": 0, "every": 1, "budget": 2}
+_RANK = {"failure": 0, "connect": 0, "every": 1, "budget": 2}
 
 
 @dataclass
@@ -69,9 +76,12 @@ class Controller:
     log: list[Reply] = field(default_factory=list)   # every reply-set sent, for tests and stats
     error: BaseException | None = None
     start_step: int = 0          # a resumed run: the steps its checkpoint had counted
+    on_failure: str = "abort"    # a dead rank (FT mode): end the job, or "shrink"
+    failures: list[dict[str, Any]] = field(default_factory=list)  # one per death, shrink
 
     def __post_init__(self) -> None:
         self.n = self.comm.Get_size()
+        self.living = list(range(self.n))    # ranks not known dead, in order
         self.conn = Connectivity(self.n, self.max_groups)
         self.steps = self.start_step
         # The state at the last full sync, the one consistent point of a run (every rank
@@ -115,9 +125,10 @@ class Controller:
             self.error = exc
             raise  # threading.excepthook (hpcdl.init's) aborts the job naming rank 0
         finally:
-            from mpi4py import MPI
-
-            MPI.Request.Waitall(self._reqs)
+            deadline = time.monotonic() + 5.0   # replies to a dead rank never finish
+            while self._reqs and time.monotonic() < deadline:
+                self._reqs = [q for q in self._reqs if not quiet_test(q)]
+                time.sleep(0.001)
 
     def _loop(self) -> None:
         # Declared to the watchdog: waiting for the ranks still computing (not held, not
@@ -127,7 +138,7 @@ class Controller:
 
     def _waited_for(self) -> list[int]:
         busy = set(self.held) | set(self.open)
-        return [r for r in range(self.n) if r not in busy]
+        return [r for r in self.living if r not in busy]
 
     def _poll(self, wait: Any) -> None:
         from mpi4py import MPI
@@ -137,16 +148,10 @@ class Controller:
         wait.set_peers(self._waited_for())
         while not self.done:
             got = False
-            while not self.done and self.comm.Iprobe(MPI.ANY_SOURCE, TAG_READY, status):
-                msg = self.comm.recv(source=status.Get_source(), tag=TAG_READY)
-                self._on_ready(Ready(*msg))
-                got = True
-            while not self.done and self.comm.Iprobe(MPI.ANY_SOURCE, TAG_HEARTBEAT, status):
-                self.comm.Recv(bytearray(0), source=status.Get_source(), tag=TAG_HEARTBEAT)
-                # A rank in a long phase is alive: not silence. The held ranks wait on it
-                # (a full sync): their own timers start again too.
-                for r in set(self.held) | set(self.open):
-                    self._reqs.append(self.comm.Isend(bytearray(0), dest=r, tag=TAG_ALIVE))
+            try:
+                got = self._receive(status)
+            except MPI.Exception as exc:   # FT mode: a rank died
+                self._on_failure(exc)
                 got = True
             now = time.monotonic()
             if got:
@@ -163,7 +168,52 @@ class Controller:
                                     op="preduce controller")
                 time.sleep(self.poll)
             if len(self._reqs) > 64:
-                self._reqs = [q for q in self._reqs if not q.Test()]
+                self._reqs = [q for q in self._reqs if not quiet_test(q)]
+
+    def _receive(self, status: Any) -> bool:
+        """Take every ready and heartbeat message that has come; True if any had."""
+        from mpi4py import MPI
+
+        got = False
+        while not self.done and self.comm.Iprobe(MPI.ANY_SOURCE, TAG_READY, status):
+            msg = self.comm.recv(source=status.Get_source(), tag=TAG_READY)
+            self._on_ready(Ready(*msg))
+            got = True
+        while not self.done and self.comm.Iprobe(MPI.ANY_SOURCE, TAG_HEARTBEAT, status):
+            self.comm.Recv(bytearray(0), source=status.Get_source(), tag=TAG_HEARTBEAT)
+            # A rank in a long phase is alive: not silence. The held ranks wait on it
+            # (a full sync): their own timers start again too.
+            for r in set(self.held) | set(self.open):
+                self._reqs.append(self.comm.Isend(bytearray(0), dest=r, tag=TAG_ALIVE))
+            got = True
+        return got
+
+    def _on_failure(self, exc: BaseException) -> None:
+        """Ranks died: end the job naming them, or go on with the living (see above)."""
+        dead = [r for r in ack_failed(self.comm) if r in self.living]
+        if not dead:
+            if not is_process_failure(exc):
+                raise exc
+            return
+        if self.on_failure != "shrink":
+            raise ProcessFailed(f"rank(s) {dead} died (process failure); run with --on-failure "
+                                "shrink (on_failure='shrink') to go on without them",
+                                failed=tuple(dead), rank=0, op="preduce controller")
+        self.living = [r for r in self.living if r not in dead]
+        self.open = [r for r in self.open if r not in dead]
+        self.held = [r for r in self.held if r not in dead]
+        self.final -= set(dead)
+        self.conn = Connectivity(len(self.living), self.max_groups)
+        self.failures.append({"step": self.steps, "lost_ranks": dead,
+                              "ranks_after": len(self.living), "detected": time.time(),
+                              "resumed": None})
+        if self.barrier is None:
+            self.barrier = "failure"   # the survivors shrink the data communicator there
+        self.held += self.open
+        self.open = []
+        if len(self.held) == len(self.living):
+            self._release()
+
 
     # decisions -------------------------------------------------------------------
     def _on_ready(self, msg: Ready) -> None:
@@ -186,9 +236,9 @@ class Controller:
             self.open = []
         if self.barrier is not None or msg.final:
             self.held.append(r)
-            if len(self.held) == self.n:
+            if len(self.held) == len(self.living):
                 self._release()
-            elif self.open and len(self.open) + len(self.final) == self.n:
+            elif self.open and len(self.open) + len(self.final) == len(self.living):
                 self._close_group("all")  # nobody else can come
             return
         self.open.append(r)
@@ -196,7 +246,7 @@ class Controller:
             self.open_at = time.monotonic()
         if len(self.open) == self.group_size:
             self._close_group("full")
-        elif len(self.open) + len(self.final) == self.n:
+        elif len(self.open) + len(self.final) == len(self.living):
             self._close_group("all")
 
     def _mismatch(self, members: list[int]) -> str | None:
@@ -215,12 +265,13 @@ class Controller:
             return
         self.deadline.update(short=len(members) < self.group_size)
         self._send(Reply(GROUP, members, reason, self.steps))
-        if self.conn.add_group(members) == "force" and self.barrier is None:
+        index = tuple(self.living.index(m) for m in members)   # the window counts the living
+        if self.conn.add_group(index) == "force" and self.barrier is None:
             self.barrier = "connect"
 
     def _release(self) -> None:
-        members = tuple(range(self.n))
-        end = self.barrier in _END or len(self.final) == self.n
+        members = tuple(self.living)
+        end = self.barrier in _END or len(self.final) == len(self.living)
         kind = STOP if end else SYNC
         bad = self._mismatch(self.held)
         reply = Reply(ERROR, members, FULL_SYNC_ERROR + bad, self.steps) if bad else \
@@ -231,6 +282,9 @@ class Controller:
         self.conn.reset()
         self.synced = {"steps": self.steps, "deadline": self.deadline.value,
                        "replies": len(self.log) + 1}
+        for f in self.failures:   # the survivors meet (and shrink): training goes on
+            if f["resumed"] is None:
+                f["resumed"] = time.time()
         self._send(reply)
         if end:
             self.done = True
@@ -238,4 +292,8 @@ class Controller:
     def _send(self, reply: Reply) -> None:
         self.log.append(reply)
         for m in reply.members:
-            self._reqs.append(self.comm.isend(tuple(reply), dest=m, tag=TAG_REPLY))
+            try:
+                self._reqs.append(self.comm.isend(tuple(reply), dest=m, tag=TAG_REPLY))
+            except Exception as exc:  # noqa: BLE001 - FT mode: m died; the probe will say so
+                if not is_process_failure(exc):
+                    raise

@@ -13,6 +13,11 @@ controller.py), waits for its reply and averages ``x`` over the members it
 names: point-to-point messages among the members for a group (groups.py: no MPI
 communicator per group), the whole session communicator for a full sync. Creating a
 session is collective (two ``Dup``, freed when the session stops).
+
+Under ULFM (``HPCDL_FT=1``) with ``on_failure="shrink"`` a dead rank is left behind
+(fault.py): a group average with it is abandoned (this rank's buffer is restored and it
+goes on alone this step), the controller forces a full sync of the survivors, and the
+full sync shrinks the data communicator to them. A dead controller (rank 0) ends the job.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from ..errors import CommError, InvalidArgumentError, MismatchError
 from ..heartbeat import LongPhase
 from ..ops import dtype_name
 from ..runtime import default_comm
+from ..survivors import Survivors
+from ..ulfm import errors_return, ft_enabled, is_process_failure, revoke
 from ..watchdog import waiting
+from . import fault
 from .connectivity import default_max_groups
 from .controller import Controller, Deadline
 from .groups import GroupAverager
@@ -58,7 +66,8 @@ class PReduce:
     def __init__(self, group_size: int, comm: Any = None, *, total_steps: int = 0,
                  sync_every: int = 0, max_groups: int | None = None,
                  deadline: tuple[float, float, float] = (0.0005, 0.005, 0.5),
-                 timeout: float = 600.0, state: dict[str, Any] | None = None) -> None:
+                 timeout: float = 600.0, state: dict[str, Any] | None = None,
+                 on_failure: str = "abort") -> None:
         from mpi4py import MPI
 
         c = default_comm(comm)
@@ -80,6 +89,8 @@ class PReduce:
             raise bad(f"deadline={deadline!r}: need 0 < lo <= initial <= hi (seconds)")
         if timeout <= 0:
             raise bad(f"timeout={timeout!r}: use a positive number of seconds")
+        if on_failure not in ("abort", "shrink"):
+            raise bad(f"on_failure={on_failure!r}: use 'abort' or 'shrink'")
         if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
             raise CommError("the P-Reduce controller is a thread on rank 0 and needs "
                             f"MPI_THREAD_MULTIPLE; MPI gave level {MPI.Query_thread()} (start "
@@ -97,11 +108,13 @@ class PReduce:
             init = min(hi, max(lo, saved))  # the saved deadline, within this run's bounds
         self.timeout = float(timeout)
         self.max_groups = max_groups or default_max_groups(c.size, group_size)
-        self._ctl = c.mpi.Dup()     # control messages only
-        self._data = c.mpi.Dup()    # averaging: full syncs and every group's messages
+        self._ctl = errors_return(c.mpi.Dup())    # control messages only
+        self._data = errors_return(c.mpi.Dup())   # averaging: full syncs, every group's
         self._full = MPICommunicator(self._data)
         self._full.cuda_aware = c.cuda_aware
         self._groups = GroupAverager(self._full)
+        # FT mode: the data communicator's survivors (ranks: this session's, in its order)
+        self._live = Survivors(self._full, list(range(self.size)), on_failure)
         self.stopped = False
         self.calls = 0
         self.averaged = 0  # calls whose group had a partner (or was a full sync)
@@ -109,7 +122,7 @@ class PReduce:
         if self.rank == 0:
             self.controller = Controller(self._ctl, group_size, Deadline(lo, init, hi),
                                          self.max_groups, total_steps, sync_every, timeout,
-                                         start_step=start_step)
+                                         start_step=start_step, on_failure=on_failure)
             self.controller.start()
 
     def __call__(self, x: Any) -> Reply:
@@ -168,7 +181,11 @@ class PReduce:
                                        size=self.size, op=_OP)
         buf = as_buffer(x, arg="x", writable=True, rank=self.rank, op=_OP)
         signature = f"{dtype_name(buf.dtype)}{list(buf.shape)}"
-        self._ctl.send(tuple(Ready(self.rank, signature, final)), dest=0, tag=TAG_READY)
+        try:
+            self._ctl.send(tuple(Ready(self.rank, signature, final)), dest=0, tag=TAG_READY)
+        except Exception as exc:  # noqa: BLE001 - FT mode: the controller may be dead
+            fault.controller_failure(self._ctl, exc, self.rank, self.size)
+            raise
         return self._receive(x, self._wait_reply())
 
     def _receive(self, x: Any, reply: Reply) -> Reply:
@@ -178,13 +195,30 @@ class PReduce:
                 self._finish()  # the controller ended the session
             raise MismatchError(reply.reason, rank=self.rank,
                                 size=self.size, op=_OP)
+        saved = fault.copy(x) if ft_enabled() else None   # put back if a member dies
         if reply.kind == GROUP:
             if len(reply.members) > 1:
-                self._groups.average(x, reply.members, _OP)
-                self.averaged += 1
-        else:  # a full sync, periodic, forced or final
-            allreduce(x, op="avg", comm=self._full)
+                try:
+                    self._groups.average(x, self._live.local(reply.members), _OP)
+                    self.averaged += 1
+                except Exception as exc:  # noqa: BLE001 - FT mode: a member died
+                    if saved is None or not is_process_failure(exc):
+                        raise
+                    fault.restore(x, saved)
+                    revoke(self._data)    # members still waiting on this rank get out
+                    return Reply(GROUP, (self.rank,), "abandoned", reply.step)
+        else:  # a full sync, periodic, forced or final: among the survivors (FT mode)
+            def full(comm: MPICommunicator) -> None:
+                if saved is not None:
+                    fault.restore(x, saved)    # a second try starts from this rank's own
+                allreduce(x, op="avg", comm=comm)
+
+            self._live.run(full, "preduce full sync")
             self.averaged += 1
+            if self._live.comm is not self._full:   # it shrank: average over the new one
+                self._full = self._live.comm
+                self._data = self._full.mpi
+                self._groups = GroupAverager(self._full)
         if reply.kind == STOP:
             self._finish()
         return reply
@@ -202,8 +236,9 @@ class PReduce:
         # The controller times out first and names the rank that is still computing; a
         # member waiting as long as it would race it and could only blame rank 0.
         limit = 1.5 * self.timeout + 2.0
-        while not self._ctl.Iprobe(0, TAG_REPLY):
-            if self._ctl.Iprobe(0, TAG_ALIVE):   # a rank we wait for is in a long phase
+        while not fault.probe(self._ctl, TAG_REPLY, self.rank, self.size):
+            # a rank we wait for is in a long phase
+            if fault.probe(self._ctl, TAG_ALIVE, self.rank, self.size):
                 self._ctl.Recv(bytearray(0), source=0, tag=TAG_ALIVE)
                 start = time.monotonic()
             ctl = self.controller
@@ -223,5 +258,9 @@ class PReduce:
             raise CommError(f"the controller thread did not end within {self.timeout:.0f} s",
                             rank=self.rank, size=self.size, op=_OP)
         self._full = None  # type: ignore[assignment]
-        self._data.Free()
-        self._ctl.Free()
+        for comm in (self._data, self._ctl):
+            try:
+                comm.Free()
+            except Exception as exc:  # noqa: BLE001 - FT mode: freeing after a death may say so
+                if not is_process_failure(exc):
+                    raise

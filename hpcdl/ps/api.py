@@ -64,12 +64,16 @@ def setup(params: "Mapping[str, Any] | Sequence[tuple[str, Any]] | None" = None,
           optimizer: Any, mode: str = "sync", staleness: int = 0, num_servers: int = 1,
           server_ranks: Sequence[int] | None = None, store: Any = "memory",
           path: Any = None, comm: Any = None, timeout: float = 120.0,
-          chunk_elems: int = DEFAULT_CHUNK_ELEMS, compression: str | None = None) -> Any:
+          chunk_elems: int = DEFAULT_CHUNK_ELEMS, compression: str | None = None,
+          on_failure: str = "abort") -> Any:
     """Returns a :class:`~hpcdl.ps.server.Server` on server ranks and a
     :class:`~hpcdl.ps.worker.Worker` (already holding the servers' parameters) on
     workers. ``params``: named arrays or tensors (required on workers, ignored on
     servers). ``optimizer``: :class:`SGD`, :class:`Adam` or a torch SGD/Adam.
-    ``store``: ``"memory"`` or ``"disk"`` (server ``i`` keeps ``path/server<i>``)."""
+    ``store``: ``"memory"`` or ``"disk"`` (server ``i`` keeps ``path/server<i>``).
+    ``on_failure`` (fault-tolerant mode, ``HPCDL_FT=1``): a dead worker ends the job
+    (``"abort"``) or the servers go on without it (``"shrink"``; hpcdl/ps/lost.py);
+    a dead server always ends the job (its shard is not replicated)."""
     from ..runtime import default_comm
 
     base = default_comm(comm)
@@ -86,6 +90,8 @@ def setup(params: "Mapping[str, Any] | Sequence[tuple[str, Any]] | None" = None,
         raise bad("staleness applies to mode='ssp' (sync is ssp with staleness 0)")
     if compression not in (None, "none", "fp16"):
         raise bad(f"compression={compression!r}; use None or 'fp16'")
+    if on_failure not in ("abort", "shrink"):
+        raise bad(f"on_failure={on_failure!r}; use 'abort' or 'shrink'")
     if not timeout > 0:
         raise bad(f"timeout={timeout!r}; must be > 0 seconds")
     if not isinstance(optimizer, (optim.SGD, optim.Adam)):
@@ -93,7 +99,7 @@ def setup(params: "Mapping[str, Any] | Sequence[tuple[str, Any]] | None" = None,
     roles = make_roles(base, num_servers, server_ranks)
     try:
         return _start(roles, params, optimizer, mode, staleness, store, path, timeout,
-                      chunk_elems, compression, bad)
+                      chunk_elems, compression, bad, on_failure)
     except BaseException:
         roles.free()  # a refused layout raises on every rank alike: none keeps the two
         raise
@@ -101,7 +107,7 @@ def setup(params: "Mapping[str, Any] | Sequence[tuple[str, Any]] | None" = None,
 
 def _start(roles: Any, params: Any, optimizer: Any, mode: str, staleness: int, store: Any,
            path: Any, timeout: float, chunk_elems: int, compression: str | None,
-           bad: Any) -> Any:
+           bad: Any, on_failure: str = "abort") -> Any:
     """setup's collective part, on the communicators ``roles`` holds."""
     rank, size = roles.rank, roles.size
     mine = None if roles.is_server else _layout(params)
@@ -127,10 +133,11 @@ def _start(roles: Any, params: Any, optimizer: Any, mode: str, staleness: int, s
 
         st = make_store(store, path, roles.index, rank)
         return Server(roles, plan, optimizer, mode, staleness if mode == "ssp" else 0, st,
-                      timeout, compression)
+                      timeout, compression, on_failure)
     from .worker import Worker, as_numpy
 
-    worker = Worker(roles, plan, timeout, None if compression == "none" else compression)
+    worker = Worker(roles, plan, timeout, None if compression == "none" else compression,
+                    on_failure)
     if rank == roles.first_worker:
         from mpi4py import MPI
 

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from ..errors import InvalidArgumentError
 from ..runtime import default_comm
+from ..ulfm import errors_return
 
 __all__ = ["Roles", "make_roles"]
 
@@ -90,6 +91,7 @@ def make_roles(comm: Any = None, num_servers: int = 1,
                                        op="ps.setup")
     workers = tuple(r for r in range(size) if r not in servers)
     mpi = base.mpi.Dup()     # both freed by Roles.free (the worker's or server's close)
+    errors_return(mpi)       # FT mode: a dead peer is an error to handle (Split inherits it)
     group = MPICommunicator(mpi.Split(1 if rank in servers else 0, rank))
     group.cuda_aware = getattr(base, "cuda_aware", False)
     return Roles(mpi=mpi, rank=rank, size=size, servers=servers, workers=workers, group=group)

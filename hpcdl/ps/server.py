@@ -33,6 +33,8 @@ from mpi4py import MPI
 
 from ..watchdog import waiting
 from . import protocol as P
+from ..ulfm import is_process_failure, quiet_test
+from .lost import LostWorkers
 from .quiesce import Quiesce
 from .roles import Roles
 from .sharding import ShardPlan
@@ -51,12 +53,15 @@ class _Clock:
     held: dict[int, np.ndarray] = field(default_factory=dict)  # arrived ahead of their turn
 
 
-class Server(Quiesce):
+class Server(Quiesce, LostWorkers):
     is_server = True
 
     def __init__(self, roles: Roles, plan: ShardPlan, optimizer: Any, mode: str,
-                 staleness: int, store: Any, timeout: float, compression: Any = None) -> None:
+                 staleness: int, store: Any, timeout: float, compression: Any = None,
+                 on_failure: str = "abort") -> None:
         self.roles, self.plan, self.optimizer = roles, plan, optimizer
+        self.on_failure = on_failure    # a dead worker: "abort" the job or "shrink" (lost.py)
+        self.lost: dict[int, int] = {}  # dead worker -> the clocks it had completed
         self.mode, self.staleness, self.store = mode, staleness, store
         self.timeout, self.compression = timeout, compression
         self.comm: MPI.Comm = roles.mpi
@@ -80,7 +85,8 @@ class Server(Quiesce):
         self.stats: dict[str, Any] = {"pushes": 0, "pulls": 0, "bytes_in": 0, "bytes_out": 0,
                                       "updates": 0, "max_clock_gap": 0,
                                       "resumed_from_step": self.meta["steps"]
-                                      if store.reopened else None, "checkpoints": 0}
+                                      if store.reopened else None, "checkpoints": 0,
+                                      "lost_workers": []}
         self.on_save: Any = None
         self._reset_clocks(0)
 
@@ -102,9 +108,10 @@ class Server(Quiesce):
         """Tell every worker (but the culprit) why the job ends, then raise here."""
         text = P.encode_text(message)
         for w in self.roles.workers:
-            if w != culprit:
-                self.comm.Send([P.header(0, rank=self.roles.rank), MPI.INT64_T], w, P.TAG_ERROR)
-                self.comm.Send([text, MPI.BYTE], w, P.TAG_ERROR_TEXT)
+            if w != culprit and w not in self.lost:
+                self._send_quietly([P.header(0, rank=self.roles.rank), MPI.INT64_T], w,
+                                   P.TAG_ERROR)
+                self._send_quietly([text, MPI.BYTE], w, P.TAG_ERROR_TEXT)
         raise P.PSError(message, rank=self.roles.rank, size=self.roles.size, op="ps.serve")
 
     def _snapshot(self) -> np.ndarray:
@@ -116,17 +123,26 @@ class Server(Quiesce):
         return self._snap
 
     def _reply(self, worker: int, kind: int, gap: int) -> None:
+        if worker in self.lost:
+            return
         snap = self._snapshot()
         version = self.applied if self.mode != "async" else self.stats["updates"]
         hdr = P.header(kind, version, snap.size, 0, self.roles.rank, gap, self.save_at)
-        self.outgoing.append((self.comm.Isend([hdr, MPI.INT64_T], worker, P.TAG_REPLY), hdr))
-        self.outgoing.append((self.comm.Isend([snap.view(np.uint8), MPI.BYTE], worker,
-                                              P.TAG_REPLY_DATA), snap))
+        try:
+            self.outgoing.append((self.comm.Isend([hdr, MPI.INT64_T], worker, P.TAG_REPLY),
+                                  hdr))
+            self.outgoing.append((self.comm.Isend([snap.view(np.uint8), MPI.BYTE], worker,
+                                                  P.TAG_REPLY_DATA), snap))
+        except MPI.Exception as exc:   # the worker just died: the loop's probe will say so
+            if not is_process_failure(exc):
+                raise
         self.stats["bytes_out"] += snap.nbytes
 
     def _apply(self, grad: np.ndarray) -> None:
         self.optimizer.apply(self.params, grad, self.state, self.meta)
         self.stats["updates"] += 1
+        if self.lost:
+            self._note_resumed()
 
     def _required(self, clock: int) -> int:
         """Workers whose push of ``clock`` is needed: every active one, and the finished
@@ -176,7 +192,7 @@ class Server(Quiesce):
         self.completed[w] = clock + 1
         self.stats["pushes"] += 1
         if self.mode == "async":
-            grad *= 1.0 / len(self.roles.workers)
+            grad *= 1.0 / len(self._living())   # a dead worker's share is the others'
             self._apply(grad)
             slowest = min(self.completed[v] for v in self.roles.workers if not self.done[v]) \
                 if not all(self.done.values()) else clock + 1
@@ -241,15 +257,22 @@ class Server(Quiesce):
     def _finish_incoming(self) -> bool:
         progressed = False
         keep = []
+        failure = None   # a payload from a dead worker: raised once the list is consistent
         for item in self.incoming:
             req, src, clock, compressed, buf = item
-            if req.Test():
+            try:
+                ready = req.Test()
+            except MPI.Exception as exc:
+                ready, failure = False, exc
+            if ready:
                 progressed = True
                 grad = self._decode(buf, compressed)
                 self._on_push(src, clock, grad)
             else:
                 keep.append(item)
         self.incoming = keep
+        if failure is not None:
+            raise failure
         return progressed
 
     def _wire_bytes(self, count: int, compressed: int) -> int:
@@ -311,15 +334,19 @@ class Server(Quiesce):
         idle = 0
         last_activity = time.monotonic()
         while True:
-            progressed = self._finish_incoming()
-            if signal is not None and signal.received and not self.save_at:
-                self._on_signalled()
-            msg = self.comm.Improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
-            if msg is not None:
-                self._receive(msg, status)
+            try:
+                progressed = self._finish_incoming()
+                if signal is not None and signal.received and not self.save_at:
+                    self._on_signalled()
+                msg = self.comm.Improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+                if msg is not None:
+                    self._receive(msg, status)
+                    progressed = True
+            except MPI.Exception as exc:   # a peer died (FT mode only: lost.py)
+                self._on_peer_failure(exc)
                 progressed = True
             if self.outgoing:
-                self.outgoing = [(r, b) for r, b in self.outgoing if not r.Test()]
+                self.outgoing = [(r, b) for r, b in self.outgoing if not quiet_test(r)]
             if all(self.done.values()) and not self.incoming and not self.outgoing:
                 break
             if progressed:

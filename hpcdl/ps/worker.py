@@ -20,6 +20,7 @@ from ..watchdog import waiting
 from . import protocol as P
 from .roles import Roles
 from .sharding import ShardPlan
+from ..ulfm import ack_failed, is_process_failure
 
 __all__ = ["Worker"]
 
@@ -37,8 +38,10 @@ class Worker:
     is_server = False
 
     def __init__(self, roles: Roles, plan: ShardPlan, timeout: float,
-                 compression: str | None = None) -> None:
+                 compression: str | None = None, on_failure: str = "abort") -> None:
         self.roles, self.plan, self.timeout = roles, plan, timeout
+        self.on_failure = on_failure     # "shrink": another worker's death is not an error
+        self.lost_peers: list[int] = []  # dead workers this one has heard of (FT mode)
         self.compression = compression
         self.comm: MPI.Comm = roles.mpi
         self.rank = roles.rank
@@ -66,16 +69,38 @@ class Worker:
         self.closed = True
         raise P.PSError(message, rank=self.rank, size=self.roles.size, op="ps.push")
 
+    def _peer_failure(self, exc: BaseException, op: str) -> None:
+        """An MPI error on the PS communicator (FT mode): a dead server ends the job naming
+        it; a dead worker does too unless ``on_failure="shrink"`` (then it is noted and
+        the servers go on without it, hpcdl/ps/lost.py). Anything else is re-raised."""
+        if not is_process_failure(exc):
+            raise exc
+        dead = ack_failed(self.comm)
+        servers = [r for r in dead if r in self.roles.servers]
+        new = [r for r in dead if r not in servers and r not in self.lost_peers]
+        self.lost_peers.extend(new)
+        if servers or (new and self.on_failure != "shrink"):
+            self.closed = True
+            why = (f"server rank(s) {servers} died; each server holds the only copy of its "
+                   "shard of the parameters (shards are not replicated), so the job cannot "
+                   "go on" if servers else f"worker rank(s) {new} died (process failure)")
+            raise P.PSError(why, rank=self.rank, size=self.roles.size, op=op) from exc
+
     def _check_error(self) -> bool:
         """Raise what a server reported; True when a server said a worker this one waits
         for is alive in a long phase (the wait's timeout counts again)."""
         st = MPI.Status()
         alive = False
-        while self.comm.Iprobe(MPI.ANY_SOURCE, P.TAG_ALIVE, st):
-            self.comm.Recv([np.empty(P.HEADER_LEN, np.int64), MPI.INT64_T], st.Get_source(),
-                           P.TAG_ALIVE)
-            alive = True
-        if self.comm.Iprobe(MPI.ANY_SOURCE, P.TAG_ERROR, st):
+        try:
+            while self.comm.Iprobe(MPI.ANY_SOURCE, P.TAG_ALIVE, st):
+                self.comm.Recv([np.empty(P.HEADER_LEN, np.int64), MPI.INT64_T],
+                               st.Get_source(), P.TAG_ALIVE)
+                alive = True
+            error = self.comm.Iprobe(MPI.ANY_SOURCE, P.TAG_ERROR, st)
+        except MPI.Exception as exc:    # FT mode: a peer died (receives from any source)
+            self._peer_failure(exc, "ps.push_pull")
+            return True                 # a worker's death is news: the servers go on
+        if error:
             src = st.Get_source()
             self.comm.Recv([np.empty(P.HEADER_LEN, np.int64), MPI.INT64_T], src, P.TAG_ERROR)
             self.comm.Probe(src, P.TAG_ERROR_TEXT, st)
@@ -112,10 +137,16 @@ class Worker:
     def _wait_all(self, reqs: list, op: str = "ps.push_pull") -> bool:
         """Wait for every request in ``reqs`` (False: ``timeout`` ran out), watching for
         a server's error report; on one, cancel them before raising it."""
+        def test() -> bool:
+            try:
+                return MPI.Request.Testall(reqs)
+            except MPI.Exception as exc:   # FT mode: a request to or from a dead server
+                self._peer_failure(exc, op)
+                return False
+
         try:
             with waiting(op, self.comm, self.roles.servers):   # seen by the watchdog
-                return P.poll(lambda: MPI.Request.Testall(reqs), self.timeout,
-                              self._check_error)
+                return P.poll(test, self.timeout, self._check_error)
         except P.PSError:
             for r in reqs:
                 if r != MPI.REQUEST_NULL:

@@ -10,6 +10,10 @@ Checkpoints (``--checkpoint-dir``) are taken at those epoch-end full syncs, the 
 point where every rank holds the same model (hpcdl/preduce/checkpoint.py);
 ``--checkpoint-every N`` counts steps over all ranks and is rounded up to the next
 full sync. SIGUSR1 checkpoints at the next full sync and exits 0.
+
+``--on-failure shrink`` under ULFM (``HPCDL_FT=1``): a dead rank is dropped (a group
+with it is abandoned, the survivors shrink at a full sync, hpcdl/preduce/fault.py) and
+the epochs go on among the survivors; a dead rank 0 (the controller) ends the job.
 """
 
 from __future__ import annotations
@@ -26,9 +30,13 @@ import hpcdl
 import hpcdl.torch as hdt
 
 from hpcdl.checkpoint import params_sha256
+from hpcdl.comm.mpi import MPICommunicator
 from hpcdl.preduce.checkpoint import PReduceCheckpoint
+from hpcdl.survivors import Survivors
+from hpcdl.ulfm import errors_return, ft_enabled
 
 from .. import checkpointing
+from . import failpoint
 from ..common import Data, Progress, RunResult, SmallCNN, epoch_row, evaluate
 
 __all__ = ["CHECKPOINTS", "add_arguments", "run", "batches", "Shard"]
@@ -81,6 +89,12 @@ def batches(data: Data, batch_size: int, seed: int) -> Iterator[tuple[torch.Tens
 
 def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
         data: Data) -> RunResult:
+    if args.min_ranks > 1:
+        raise SystemExit("--mode preduce: --min-ranks is not supported (it checkpoints for a "
+                         "requeue, which --on-failure shrink does not do here)")
+    if args.on_failure == "shrink" and args.checkpoint_dir:
+        raise SystemExit("--mode preduce: --on-failure shrink with --checkpoint-dir is not "
+                         "supported (a checkpoint needs every rank of the start)")
     model = SmallCNN().to(device)
     hdt.broadcast_parameters(model.state_dict(), root_rank=0)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -91,20 +105,27 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
                             optimizer=opt, stream=shard, extra={"history": history})
     session = hpcdl.PReduce(args.group_size, total_steps=args.epochs * steps_per_epoch,
                             sync_every=steps_per_epoch, max_groups=args.max_groups or None,
-                            state=ck.session_state)
+                            state=ck.session_state, on_failure=args.on_failure)
     avg = hdt.PReduceAverager(model.parameters(), session)
 
     bar = Progress(args.epochs, ctx.rank == 0, f"{ctx.size} rank(s), P={args.group_size}",
                    unit="epoch")
     bar.update(len(history))
     running = torch.zeros(3, dtype=torch.float64)  # loss sum, samples, steps (this rank)
+    # The epoch-end sums and evaluation: over the survivors in FT mode (on a Dup, which
+    # a shrink may replace), over the job's communicator otherwise.
+    live = Survivors(MPICommunicator(errors_return(ctx.comm.mpi.Dup())) if ft_enabled()
+                     else ctx.comm, list(range(ctx.size)), args.on_failure)
     start = time.perf_counter()
+    steps = 0
     for x, y in shard:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
+        steps += 1
+        failpoint.maybe_die(ctx.rank, steps)
         running += torch.tensor([float(loss.detach()) * len(y), len(y), 1.0],
                                 dtype=torch.float64)
         reply = avg()
@@ -113,12 +134,17 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
         if reply.kind == "sync" and reply.reason != "every":
             continue  # a forced connectivity sync: not an epoch boundary
         # every rank is here: an epoch ended (or the run did) with a full average
-        hpcdl.allreduce(running, op="sum")
         elapsed = time.perf_counter() - start
-        with session.long_phase("evaluation"):   # the controller hears it is alive
-            accuracy = evaluate(model, data.x_test, data.y_test, device)
-        history.append(epoch_row(len(history) + 1, float(running[0] / running[1]), accuracy,
-                                 float(running[1]), elapsed))
+
+        def epoch_end(comm: MPICommunicator) -> tuple[torch.Tensor, float]:
+            total = running.clone()      # run again after a shrink: the sum starts afresh
+            hpcdl.allreduce(total, op="sum", comm=comm)
+            with session.long_phase("evaluation"):   # the controller hears it is alive
+                return total, evaluate(model, data.x_test, data.y_test, device, comm=comm)
+
+        total, accuracy = live.run(epoch_end, f"epoch {len(history) + 1} end")
+        history.append(epoch_row(len(history) + 1, float(total[0] / total[1]), accuracy,
+                                 float(total[1]), elapsed))
         bar.update(1)
         bar.epoch(history[-1])
         running.zero_()
@@ -128,12 +154,21 @@ def run(args: argparse.Namespace, ctx: hpcdl.Context, device: torch.device,
         start = time.perf_counter()
     bar.close()
     stats: dict[str, Any] = {"groups": 0, "forced_syncs": 0}
+    failures: list[dict[str, Any]] = []
     if session.controller is not None:
         stats = {**ck.stats_since_start(session),
-                 "final_deadline_s": session.controller.deadline.value}
+                 "final_deadline_s": session.controller.deadline.value,
+                 "lost_ranks": sorted(live.lost),
+                 # wall clock of the controller noticing each death, and of the survivors'
+                 # full sync after it
+                 "lost": [dict(f) for f in session.controller.failures]}
+        failures = [{"step": f["step"], "lost_ranks": f["lost_ranks"],
+                     "ranks_after": f["ranks_after"],
+                     "recovery_s": (f["resumed"] - f["detected"]) if f["resumed"] else 0.0,
+                     "steps_lost": 0} for f in session.controller.failures]
     # the final full sync (the "stop") left every rank with the same model: hash rank 0's
     return RunResult(history=history, test_accuracy=history[-1]["accuracy"],
                      writer=ctx.rank == 0,
                      settings={"group_size": args.group_size, "max_groups": session.max_groups},
                      fields={"preduce": stats, "params_sha256": params_sha256(model),
-                             "checkpoint": ck.summary()})
+                             "checkpoint": ck.summary(), "failures": failures})
