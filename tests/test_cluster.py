@@ -1,0 +1,58 @@
+"""The emulated cluster itself (jobs/local-cluster/cluster.sh): nodes, placement, links.
+
+Runs only inside the cluster (``make cluster-test``); elsewhere every test skips."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from helpers.cluster_run import REPO, cluster_nodes, in_cluster, run_on_cluster
+
+pytestmark = [pytest.mark.spawns,
+              pytest.mark.skipif(not in_cluster(), reason="not inside jobs/local-cluster/cluster.sh "
+                                 "(make cluster-test)")]
+
+BITS = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+
+
+def link_bits_per_s(rate: str) -> float:
+    m = re.fullmatch(r"(\d+)(kbit|mbit|gbit)", rate)
+    assert m, f"cluster link {rate!r}: this test needs a shaped link"
+    return int(m.group(1)) * BITS[m.group(2)]
+
+
+@pytest.mark.parametrize("layout", ["2x2", "4x1"])
+def test_hpcdl_info_shows_the_nodes(layout):
+    if int(layout[0]) > cluster_nodes():
+        pytest.skip(f"the cluster has {cluster_nodes()} nodes")
+    done = run_on_cluster(layout, ["hpcdl", "info"], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    nodes, per = (int(v) for v in layout.split("x"))
+    assert re.search(rf"nodes\s+{nodes} ", done.stdout), done.stdout
+    assert re.search(rf"ranks per node\s+{per}\n", done.stdout), done.stdout
+    hosts = re.findall(r"^\s+\d+\s+\d+\s+\d+\s+-\s+\d+\s+(\S+)$", done.stdout, re.M)
+    # filled node after node: n1's ranks first
+    assert hosts == [f"n{1 + r // per}" for r in range(nodes * per)], done.stdout
+
+
+def test_64mib_between_nodes_takes_what_the_link_rate_says(tmp_path):
+    # Through the tbf-shaped veths at the cluster's rate (set for n1 and n2 by make
+    # cluster-test): Ethernet/IP/TCP headers make a real 1 Gbit/s link carry ~95% of its
+    # rate as payload, so a correct link lands ~5% over the nominal time; 15% either way.
+    if os.environ.get("HPCDL_CLUSTER_SLOW_NODE") in ("1", "2"):
+        pytest.skip("n1 or n2 is the slow node")
+    rate = link_bits_per_s(os.environ["HPCDL_CLUSTER_LINK"])
+    out = tmp_path / "transfer.json"
+    done = run_on_cluster("2x1", ["python", str(REPO / "tests/jobs/cluster_transfer_job.py"),
+                                  str(out)], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(out.read_text())
+    assert got["hosts"] == ["n1", "n2"], got
+    expected = got["bytes"] * 8 / rate
+    best = min(got["seconds"])
+    assert 0.85 * expected <= best <= 1.15 * expected, \
+        f"64 MiB n1 -> n2 took {best:.3f} s (all: {got['seconds']}); the link says {expected:.3f} s"
