@@ -53,7 +53,7 @@ slurm-test: setup
 # 1 Gbit/s with tc tbf, n4's at 100 Mbit/s. First cluster.sh itself from outside (exit
 # codes, signals, nothing left behind), then the multi-node tests inside one cluster.
 # Prints SKIP (exit 0) without root or network namespaces.
-CLUSTER_TESTS := tests/test_cluster.py
+CLUSTER_TESTS := tests/test_cluster.py tests/test_cluster_jobs.py
 cluster-test: setup
 	HPCDL_CLUSTER_TEST=1 timeout 300 $(PY) -m pytest -q -p no:cacheprovider --color=no -rs \
 	  tests/test_cluster_script.py

@@ -13,7 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["in_cluster", "cluster_nodes", "layout_args", "run_on_cluster", "REPO"]
+__all__ = ["in_cluster", "cluster_nodes", "layout_args", "start_on_cluster", "run_on_cluster",
+           "REPO"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,17 +35,21 @@ def layout_args(layout: str) -> tuple[int, list[str]]:
     return nodes * per_node, ["--map-by", f"ppr:{per_node}:node"]
 
 
-def run_on_cluster(layout: str, cmd: list[str], timeout: float = 240,
-                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``hpcdl launch -n RANKS -- --map-by ppr:K:node -- CMD``; a job still running after
-    ``timeout`` s is killed by its process group and returned with rc -9."""
+def start_on_cluster(layout: str, cmd: list[str], **popen: object) -> subprocess.Popen:
+    """Start ``hpcdl launch -n RANKS -- --map-by ppr:K:node -- CMD`` in its own process
+    group (stop it with ``os.killpg``)."""
     n, opts = layout_args(layout)
     hpcdl_cli = Path(sys.executable).parent / "hpcdl"
     full = [str(hpcdl_cli), "launch", "-n", str(n), "--", *opts, "--", *cmd]
-    run_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    run_env.pop("HPCDL_TIMEOUT", None)
-    proc = subprocess.Popen(full, env=run_env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HPCDL_TIMEOUT", None)
+    return subprocess.Popen(full, env=env, cwd=REPO, text=True, start_new_session=True, **popen)
+
+
+def run_on_cluster(layout: str, cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run CMD on the layout to its end; a job still running after ``timeout`` s is killed
+    by its process group and returned with rc -9."""
+    proc = start_on_cluster(layout, cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -55,4 +60,4 @@ def run_on_cluster(layout: str, cmd: list[str], timeout: float = 240,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-    return subprocess.CompletedProcess(full, proc.returncode, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
