@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 
 import pytest
 
@@ -56,3 +57,19 @@ def test_64mib_between_nodes_takes_what_the_link_rate_says(tmp_path):
     best = min(got["seconds"])
     assert 0.85 * expected <= best <= 1.15 * expected, \
         f"64 MiB n1 -> n2 took {best:.3f} s (all: {got['seconds']}); the link says {expected:.3f} s"
+
+
+@pytest.mark.parametrize("script, env", [
+    ("jobs/laptop.sh", {"RANKS": "4"}),
+    # the site-MPI recipe: mpirun from PATH and the cluster's hostfile (HOSTFILE), 2 nodes
+    ("jobs/mpirun_hostfile.sh", {"NP": "4", "PYTHON": "python"}),
+])
+def test_job_scripts_run_across_the_nodes(script, env, tmp_path):
+    venv_bin = str(REPO / ".venv/bin")
+    run_env = {**os.environ, **env, "OUT": str(tmp_path), "PYTHONUNBUFFERED": "1",
+               "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    done = subprocess.run([str(REPO / script), "--epochs", "1", "--threads", "1"], env=run_env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["ranks"] == 4 and len(metrics["epochs"]) == 1, metrics

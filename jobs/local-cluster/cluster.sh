@@ -168,6 +168,8 @@ export PRTE_MCA_rmaps_default_mapping_policy=slot:oversubscribe
 export PRTE_MCA_oob_tcp_if_include=$SUBNET.0/24
 # Between nodes TCP over the shaped links, within a node shared memory (never loopback).
 export OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,sm,tcp OMPI_MCA_btl_tcp_if_include=$SUBNET.0/24
+# A bare mpirun as root (jobs/mpirun_hostfile.sh) as well as hpcdl launch: this is root's cluster.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export TMPDIR=$T/tmp   # session folders: one per cluster, one per node inside it (hostname)
 export HPCDL_CLUSTER_NODES=$NODES HPCDL_CLUSTER_LINK=$LINK HPCDL_CLUSTER_SLOTS=$SLOTS
 export HPCDL_CLUSTER_SLOW_NODE=$SLOW_NODE HPCDL_CLUSTER_SLOW_LINK=$SLOW_LINK
