@@ -73,3 +73,24 @@ def test_job_scripts_run_across_the_nodes(script, env, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["ranks"] == 4 and len(metrics["epochs"]) == 1, metrics
+
+
+def test_model_measure_fits_the_link_rate(tmp_path):
+    # hpcdl model measure at 2x1 (n1, n2): the network ping-pong's fitted beta is the
+    # shaped link's (within 20%: the headers' ~5% and the machine's noise)
+    rate = link_bits_per_s(os.environ["HPCDL_CLUSTER_LINK"])
+    if os.environ.get("HPCDL_CLUSTER_SLOW_NODE") in ("1", "2"):
+        pytest.skip("n1 or n2 is the slow node")
+    out = tmp_path / "model.json"
+    done = run_on_cluster("2x1", ["python", "-m", "hpcdl.model.measure_cli", "--sizes",
+                                  "65536,1048576,4194304", "--rounds", "1", "--budget", "0.01",
+                                  "--out", str(out)], timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from hpcdl.model.links import fit_links
+    from hpcdl.model.measure import load_measurements
+
+    data = load_measurements(out)
+    assert list(data["runs"]) == ["2@2x1"], list(data["runs"])
+    assert "hierarchical" in data["runs"]["2@2x1"]["allreduce"]
+    net = fit_links(data)["net"]
+    assert net.beta * rate / 8 == pytest.approx(1.0, abs=0.2), (net, rate)
