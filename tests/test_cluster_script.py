@@ -6,6 +6,7 @@ Run by ``make cluster-test`` (HPCDL_CLUSTER_TEST=1), before the in-cluster tests
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -18,7 +19,22 @@ pytestmark = [pytest.mark.spawns,
               pytest.mark.skipif(os.environ.get("HPCDL_CLUSTER_TEST") != "1",
                                  reason="make cluster-test runs these (HPCDL_CLUSTER_TEST=1)")]
 SCRIPT = REPO / "jobs/local-cluster/cluster.sh"
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+
+
+def _namespaces_work() -> bool:
+    """Root, iproute2, and a kernel that gives network/UTS/mount namespaces."""
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
+        return False
+    try:
+        return subprocess.run(["unshare", "--net", "--uts", "--mount", "true"],
+                              capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to drop it, or for namespaces)")
+needs_netns = pytest.mark.skipif(not _namespaces_work(),
+                                 reason="needs root and network namespaces (cluster.sh says SKIP)")
 
 
 def namespaces(pid: int) -> list[str]:
@@ -38,6 +54,7 @@ def test_bad_arguments_are_refused(args, why):
     assert done.returncode == 2 and why in done.stderr, (done.returncode, done.stderr)
 
 
+@needs_root   # setpriv drops root to check what happens without it
 def test_without_root_it_says_skip():
     done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                            str(SCRIPT), "--", "true"], capture_output=True, text=True, timeout=30)
@@ -49,7 +66,7 @@ def test_without_root_it_says_skip():
     assert done.returncode == 3, (done.returncode, done.stderr)
 
 
-@needs_root
+@needs_netns
 def test_the_command_exit_code_is_returned_and_nothing_is_left():
     proc = subprocess.Popen([str(SCRIPT), "--nodes", "2", "--link", "none", "--", "sh", "-c",
                              "hostname; exit 7"], stdout=subprocess.PIPE,
@@ -61,7 +78,7 @@ def test_the_command_exit_code_is_returned_and_nothing_is_left():
     assert namespaces(proc.pid) == []
 
 
-@needs_root
+@needs_netns
 @pytest.mark.parametrize("sig, rc", [(signal.SIGTERM, 143), (signal.SIGINT, 130),
                                       (signal.SIGHUP, 129)])
 def test_a_signal_stops_the_command_and_removes_every_namespace(sig, rc, tmp_path):
