@@ -5,6 +5,7 @@
 #   make slurm-test  the jobs/ scripts under a local 2-node Slurm (root; docs/slurm.md)
 #   make cluster-test multi-node tests on an emulated cluster with shaped links (root; docs/cluster.md)
 #   make kernel-test the CUDA kernels without a GPU: run on the CPU, sanitizers, PTX checks
+#   make lint-imports the layer contract (pyproject.toml) and no import cycles (docs/architecture.md)
 #   make gpu-check   on a GPU machine: GPU tests, kernel/allreduce benchmarks, AMP job (one report)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,7 +16,7 @@ TORCH  ?= torch==2.13.0
 RANKS  ?= 1 2 3 4
 OUT    ?= out
 
-.PHONY: setup demo test test-serial test-mpi bench slurm-test cluster-test kernel-test gpu-check clean
+.PHONY: setup demo test test-serial test-mpi bench slurm-test cluster-test kernel-test gpu-check lint-imports clean
 
 setup: $(VENV)/.setup-done
 
@@ -28,7 +29,7 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 demo: setup
 	$(HPCDL) launch -n 4 -- python -m hpcdl.examples.train --out $(OUT)/demo
 
-test: setup kernel-test test-serial test-mpi
+test: setup lint-imports kernel-test test-serial test-mpi
 
 test-serial: setup
 	$(PY) -m pytest -q -p no:cacheprovider --color=no $(KERNEL_TEST_IGNORE) tests
@@ -38,6 +39,13 @@ test-mpi: setup
 	  echo "== pytest under mpiexec, $$n rank(s) =="; \
 	  timeout 1200 $(HPCDL) launch -n $$n -- python -m pytest -q -p no:cacheprovider --color=no --with-mpi tests || exit 1; \
 	done
+
+# Each layer imports only the layers below it ([tool.importlinter] in pyproject.toml), and
+# no two modules import each other (tools/check_import_cycles.py, which also counts
+# imports inside functions). A violation names the importing module, line and import.
+lint-imports: setup
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) tools/check_import_cycles.py
 
 bench: setup
 	$(PY) benchmarks/run_all.py --out $(OUT)/bench

@@ -15,7 +15,7 @@ Alternates, round after round in one session, at 2 ranks:
 
 each with fp32 and ``--fp16-allreduce`` gradients (the ceiling has no
 compression to vary). The model is the torchvision shim's ``small_cnn``
-(tests/horovod_examples/shim). Prints img/s medians (total over ranks), the
+(tests/jobs/horovod_examples/shim). Prints img/s medians (total over ranks), the
 ratios hpcdl / best Horovod and hpcdl / ceiling of the medians, and the same
 ratios paired round by round (each round runs every configuration back to back,
 so a paired ratio cancels most of a shared machine's drift); ``--json PATH``
@@ -41,8 +41,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "tests" / "horovod_examples" / "pytorch_synthetic_benchmark.py"
-SHIM = ROOT / "tests" / "horovod_examples" / "shim"
+EXAMPLE = ROOT / "tests" / "jobs" / "horovod_examples" / "pytorch_synthetic_benchmark.py"
+SHIM = ROOT / "tests" / "jobs" / "horovod_examples" / "shim"
 NOCOMM = Path(__file__).resolve().parent / "horovod_nocomm"
 IMPORT = "import hpcdl.horovod.torch as hvd"
 

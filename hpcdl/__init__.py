@@ -17,8 +17,7 @@ from .groups import subgroup
 from .ops import ReduceOp
 from .preduce import PReduce, preduce, preduce_close
 from .runtime import Context, get_context, init, is_initialized
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "init", "get_context", "is_initialized", "Context",

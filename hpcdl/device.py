@@ -27,12 +27,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .buffers import Buffer
 
 __all__ = ["DeviceBackend", "HostEmulation", "CupyDevice", "TorchDevice", "backend_for",
            "host_backend", "gpu_count", "record_ready", "host_view"]
@@ -56,6 +53,22 @@ def record_ready(make_event: Callable[[], Any], stream: Any) -> Callable[[], Non
     event = make_event()
     event.record(stream)
     return event.synchronize
+
+
+class Buffer(Protocol):
+    """What a backend reads of a buffer: the fields of :class:`hpcdl.buffers.Buffer`.
+
+    A protocol here, not an import: ``buffers`` builds on this module (it picks a
+    backend per buffer), so naming its class would close a circle."""
+
+    obj: Any
+    kind: str
+    dtype: np.dtype
+    nbytes: int
+    is_device: bool
+
+    @property
+    def ptr(self) -> int: ...
 
 
 class DeviceBackend(Protocol):

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from .comm.base import UNDEFINED, Communicator
 from .errors import InvalidArgumentError
-from .runtime import default_comm
+from .context import default_comm
 
 __all__ = ["subgroup"]
 

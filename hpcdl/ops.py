@@ -31,7 +31,14 @@ from .errors import DtypeError, InvalidArgumentError
 
 __all__ = ["ReduceOp", "SUPPORTED_DTYPES", "TORCH_DTYPES", "KERNEL_DTYPES", "torch_dtypes",
            "bfloat16", "parse_op", "check_dtype", "check_root", "reduce_into", "finish_avg",
-           "mpi_reducible", "dtype_name"]
+           "mpi_reducible", "dtype_name", "CHUNK_BYTES"]
+
+#: Piece size of the ring pipeline and of ``chunked`` (and of the cost model that
+#: predicts them). Large enough that the per-message Python cost (~10 us) stays
+#: small against the transfer, small enough to overlap and to keep each native
+#: call's working set in cache (1 MiB and 2 MiB measured alike; 256 KiB was
+#: slower: docs/algorithms.md).
+CHUNK_BYTES = 1 << 20
 
 bfloat16 = np.dtype(ml_dtypes.bfloat16)
 

@@ -19,9 +19,17 @@ import sys
 import threading
 import traceback
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from mpi4py import MPI
+
+from . import context, trace as tracing, watchdog
+from .collectives.debug import set_debug
+from .collectives.handle import close_all
+from .comm.mpi import MPICommunicator
+from .comm.nodes import NodeComms, attach_node_comms, job_layout
+from .context import Context, default_comm, get_context, is_initialized
+from .device import gpu_count
 from .errors import InvalidArgumentError
 
 __all__ = ["Context", "init", "get_context", "default_comm", "is_initialized", "probe_cuda_aware",
@@ -39,35 +47,6 @@ _JOB_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SI
              "PALS_RANKID", "SLURM_STEP_ID")
 
 
-@dataclass
-class Context:
-    """What ``init()`` found. ``comm`` is the communicator collectives default to."""
-
-    comm: Any                 # MPICommunicator over a Dup of COMM_WORLD
-    local_comm: Any           # the ranks on this node
-    cross_comm: Any           # the ranks with this local_rank, one per node
-    rank: int
-    size: int
-    local_rank: int
-    local_size: int
-    node: int
-    num_nodes: int
-    layout_source: str        # how local_rank/node were decided
-    gpu: int | None           # the CUDA device this rank is bound to
-    gpu_count: int
-    cuda_aware: bool
-    cuda_aware_reason: str
-    mpi_library: str
-    thread_level: str
-    launcher: dict[str, str] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        return (f"Context(rank={self.rank}, size={self.size}, local_rank={self.local_rank}, "
-                f"local_size={self.local_size}, node={self.node}, num_nodes={self.num_nodes}, "
-                f"gpu={self.gpu}, cuda_aware={self.cuda_aware})")
-
-
-_CONTEXT: Context | None = None
 _LOCK = threading.Lock()
 
 
@@ -154,8 +133,6 @@ def probe_cuda_aware(library_version: str, env: Mapping[str, str] | None = None)
 
 
 def _bind_gpu(local_rank: int) -> tuple[int | None, int]:
-    from .device import gpu_count
-
     count = gpu_count()
     if count == 0:
         return None, 0
@@ -224,33 +201,6 @@ def _abort_on_uncaught(rank: int, size: int, world: Any) -> None:
     threading.excepthook = thread_hook
 
 
-def _layout(comm: Any, env: Mapping[str, str]) -> tuple[Any, int, int, str]:
-    """(local communicator, node index, node count, how it was decided)."""
-    from mpi4py import MPI
-
-    from .comm.mpi import MPICommunicator
-
-    rank, size = comm.rank, comm.size
-    per_node = env.get("HPCDL_RANKS_PER_NODE")
-    if per_node:
-        if not per_node.isdigit() or int(per_node) < 1:
-            raise InvalidArgumentError(f"HPCDL_RANKS_PER_NODE={per_node!r}; use a positive "
-                                       "integer", rank=rank, size=size, op="init")
-        k = int(per_node)
-        local = MPICommunicator(comm.mpi.Split(rank // k, rank))
-        return local, rank // k, -(-size // k), f"HPCDL_RANKS_PER_NODE={k} (emulated nodes)"
-    launcher_local = _first_int(env, _LOCAL_RANK_VARS)
-    key = rank if launcher_local is None else launcher_local
-    local = MPICommunicator(comm.mpi.Split_type(MPI.COMM_TYPE_SHARED, key=key))
-    leader = local.bcast_object(rank, root=0)
-    leaders = sorted(set(comm.allgather_object(leader)))
-    source = "MPI shared-memory split"
-    if launcher_local is not None:
-        source += (" (agrees with the launcher's local rank)" if local.rank == launcher_local
-                   else f" (launcher said local rank {launcher_local}, MPI says {local.rank})")
-    return local, leaders.index(leader), len(leaders), source
-
-
 def init(comm: Any = None, timeout: float | None = None, *,
          trace: str | None = None) -> Context:
     """Initialise hpcdl and return a :class:`Context`. Collective over the ranks.
@@ -279,18 +229,11 @@ def init(comm: Any = None, timeout: float | None = None, *,
     ``trace`` (or ``$HPCDL_TRACE``) is a folder to record a timeline of every
     rank into (:mod:`hpcdl.trace`); every rank must pass the same.
     """
-    global _CONTEXT
     with _LOCK:
-        if _CONTEXT is not None and comm is None:
-            return _CONTEXT
-        from mpi4py import MPI
-
-        from .comm.mpi import MPICommunicator
-
+        if comm is None and context.is_initialized():
+            return context.get_context()
         env = os.environ
         base = MPI.COMM_WORLD if comm is None else comm
-        from . import watchdog
-
         dup = base.Dup()
         wd_timeout = watchdog.resolve_timeout(timeout, rank=dup.Get_rank())
         watchdog.agree(dup, wd_timeout)
@@ -311,17 +254,17 @@ def init(comm: Any = None, timeout: float | None = None, *,
                           "1 rank: this MPI does not speak the launcher's protocol (for srun, "
                           "try --mpi=pmix or pmi2, or use mpirun); every process now runs alone",
                           RuntimeWarning, stacklevel=2)
-        local, node, num_nodes, source = _layout(main, env)
+        local, node, num_nodes, source = job_layout(main, env,
+                                                    _first_int(env, _LOCAL_RANK_VARS))
         cross = main.split(local.rank, node, name="hpcdl:cross")
         gpu, count = _bind_gpu(local.rank)
         library = MPI.Get_library_version().strip()
         aware, reason = probe_cuda_aware(library, env)
         for c in (main, local, cross):
             c.cuda_aware = aware
-        from .collectives.hierarchical import NodeComms
-
         # The node layout, for the hierarchical algorithms over this communicator.
-        main._hpcdl_nodes = NodeComms(local, cross, len(set(main.allgather_object(local.size))) == 1)
+        attach_node_comms(main, NodeComms(local, cross,
+                                          len(set(main.allgather_object(local.size))) == 1))
         levels = {MPI.THREAD_SINGLE: "single", MPI.THREAD_FUNNELED: "funneled",
                   MPI.THREAD_SERIALIZED: "serialized", MPI.THREAD_MULTIPLE: "multiple"}
         ctx = Context(comm=main, local_comm=local, cross_comm=cross, rank=rank, size=size,
@@ -331,14 +274,10 @@ def init(comm: Any = None, timeout: float | None = None, *,
                       mpi_library=library.splitlines()[0].split(", package")[0].strip(),
                       thread_level=levels.get(MPI.Query_thread(), "?"), launcher=launcher)
         if comm is None:
-            _CONTEXT = ctx
-            from .collectives.debug import set_debug
-
+            context.set_context(ctx)
             set_debug(None)   # HPCDL_DEBUG as it is now (it may have been set after import)
             directory = trace or env.get("HPCDL_TRACE")
             if directory:
-                from . import trace as tracing
-
                 tracing.start(directory, main)
                 # atexit runs last-in first-out: registered after the tracer's handler,
                 # _shutdown drains (and records) the queues before the trace is flushed
@@ -360,8 +299,6 @@ def _install_safety_nets() -> None:
     global _NETS_INSTALLED
     if _NETS_INSTALLED:
         return
-    from mpi4py import MPI
-
     _NETS_INSTALLED = True
     world = MPI.COMM_WORLD   # Abort ends every rank of the job, whatever comm was given
     _abort_on_uncaught(world.Get_rank(), world.Get_size(), world)
@@ -371,20 +308,9 @@ def _install_safety_nets() -> None:
 def _shutdown() -> None:
     """Finish every communicator's async queue and stop its progress thread before
     mpi4py finalizes MPI (its finalizer runs after Python's atexit handlers)."""
-    from .collectives.handle import close_all
-
     close_all()
 
 
-def is_initialized() -> bool:
-    return _CONTEXT is not None
-
-
-def get_context() -> Context:
-    """The default context, initialising hpcdl on first use."""
-    return _CONTEXT if _CONTEXT is not None else init()
-
-
-def default_comm(comm: Any = None) -> Any:
-    """``comm`` itself, or the default context's communicator when it is ``None``."""
-    return get_context().comm if comm is None else comm
+# get_context() (hpcdl.context) starts hpcdl on first use by calling init();
+# collectives read the context from there without importing this module.
+context.set_starter(init)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import socket
 import subprocess
@@ -35,17 +34,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .runtime import under_launcher
+from .atomic import atomic_write_text
+from .collectives import allreduce, select
+from .collectives.registry import ALLREDUCE
+from .collectives.select import user_table_path, validate_table
+from .ops import ReduceOp
+from .runtime import init, under_launcher
+from .tuning.rules import NATIVE_MARGIN, powers_of_4, rules_from_timings
 
-__all__ = ["main", "run_at_ranks", "time_op", "rules_from_timings", "merge_rules", "powers_of_4"]
-
-
-def powers_of_4(lo: int, hi: int) -> list[int]:
-    sizes, s = [], lo
-    while s <= hi:
-        sizes.append(s)
-        s *= 4
-    return sizes
+__all__ = ["main", "run_at_ranks", "time_op", "rules_from_timings", "merge_rules", "powers_of_4",
+           "NATIVE_MARGIN"]
 
 
 def time_op(comm: Any, fn: Callable[[], Any], *, budget_s: float = 0.2, min_iters: int = 5,
@@ -60,7 +58,7 @@ def time_op(comm: Any, fn: Callable[[], Any], *, budget_s: float = 0.2, min_iter
     for _ in range(warmup):
         fn()
     est = np.array([(time.perf_counter() - t0) / max(warmup, 1)])
-    comm.allreduce(est, _max())
+    comm.allreduce(est, ReduceOp.MAX)
     iters = int(min(max_iters, max(min_iters, budget_s / max(float(est[0]), 1e-9))))
     times = np.empty(iters)
     comm.barrier()
@@ -69,49 +67,13 @@ def time_op(comm: Any, fn: Callable[[], Any], *, budget_s: float = 0.2, min_iter
         start = clock()
         fn()
         times[i] = clock() - start
-    comm.allreduce(times, _max())
+    comm.allreduce(times, ReduceOp.MAX)
     return float(np.median(times))
-
-
-def _max() -> Any:
-    from .ops import ReduceOp
-
-    return ReduceOp.MAX
-
-
-#: Another algorithm must beat ``native`` by this fraction to be chosen over it:
-#: timings on a shared node move by several percent between runs, and a
-#: crossover drawn from noise sends ``auto`` to a slower algorithm.
-NATIVE_MARGIN = 0.05
-
-
-def _winner(times: dict[str, float]) -> str:
-    best = min(times, key=times.get)
-    if "native" in times and times[best] > times["native"] * (1 - NATIVE_MARGIN):
-        return "native"
-    return best
-
-
-def rules_from_timings(timings: dict[int, dict[str, float]]) -> list[list[Any]]:
-    """``{bytes: {algorithm: seconds}}`` -> ``[[max_bytes, fastest], ..., [None, fastest]]``.
-
-    ``native`` wins ties within :data:`NATIVE_MARGIN`."""
-    sizes = sorted(timings)
-    winners = [_winner(timings[s]) for s in sizes]
-    rules: list[list[Any]] = []
-    for i, (size, name) in enumerate(zip(sizes, winners)):
-        if i + 1 < len(sizes) and winners[i + 1] == name:
-            continue
-        limit = None if i + 1 == len(sizes) else int(math.sqrt(size * sizes[i + 1]))
-        rules.append([limit, name])
-    return rules
 
 
 def merge_rules(path: Path, ranks: int, kind_rules: dict[str, list[list[Any]]],
                 source: str) -> dict[str, Any]:
     """Put the rules for ``ranks`` into the table at ``path`` (created if missing)."""
-    from .collectives.select import validate_table
-
     table = (json.loads(path.read_text()) if path.is_file()
              else {"version": 1, "source": "", "rules": {}})
     for kind, rules in kind_rules.items():
@@ -119,18 +81,12 @@ def merge_rules(path: Path, ranks: int, kind_rules: dict[str, list[list[Any]]],
     table["source"] = source
     validate_table(table, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(table, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(table, indent=1) + "\n")
     return table
 
 
 def _measure(args: argparse.Namespace) -> int:
-    import hpcdl
-    from .collectives import select
-    from .collectives.registry import ALLREDUCE
-
-    ctx = hpcdl.init()
+    ctx = init()
     comm = ctx.comm
     algorithms = ["native", "chunked", "ring", "tree"] + (["hierarchical"] if ctx.num_nodes > 1 else [])
     algorithms = [a for a in algorithms if a in ALLREDUCE]
@@ -149,7 +105,7 @@ def _measure(args: argparse.Namespace) -> int:
                     name = algorithms[(k + rnd) % len(algorithms)]
 
                     def call(name: str = name) -> None:
-                        hpcdl.allreduce(buf, algorithm=name, comm=comm)
+                        allreduce(buf, algorithm=name, comm=comm)
                     seconds = time_op(comm, call, budget_s=budget,
                                       min_iters=3 if args.quick else 5)
                     timings[nbytes][name] = min(timings[nbytes][name], seconds)
@@ -167,8 +123,6 @@ def _measure(args: argparse.Namespace) -> int:
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    from .collectives.select import user_table_path
-
     p = argparse.ArgumentParser(prog="hpcdl tune", description=__doc__.split("\n\n")[0])
     p.add_argument("--ranks", default="2,3,4",
                    help="rank counts to tune when run outside a job (default 2,3,4)")

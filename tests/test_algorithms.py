@@ -358,7 +358,7 @@ def test_auto_follows_the_table(tmp_path, monkeypatch, ctx):
     monkeypatch.setenv("HPCDL_TUNING_FILE", str(path))
     # without measurements for the cost model, a rank count the table lacks uses the
     # nearest smaller one (with them, the model's crossovers: tests/test_model.py)
-    monkeypatch.setattr(select, "_model_rules", lambda size: None)
+    monkeypatch.setattr(select, "model_rules", lambda size: None)
     select.reload()
     try:
         c = ctx.comm

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import hpcdl
-from conftest import FakeCudaArray, group_params, on_group
+from helpers.fakes import FakeCudaArray, group_params, on_group
 from hpcdl.collectives import registry
 from hpcdl.comm import FakeCommunicator, run_ranks
-from numpy_reference import Failures, all_inputs, close, reduce_reference
+from helpers.numpy_reference import Failures, all_inputs, close, reduce_reference
 
 
 def test_handle_wait_returns_the_result(ctx):

@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hpcdl
-from conftest import FakeCudaArray, group_params, on_group
+from helpers.fakes import FakeCudaArray, group_params, on_group
 from hpcdl.buffers import as_buffer, host_view
 from hpcdl.collectives import block_counts
 from hpcdl.ops import SUPPORTED_DTYPES, bfloat16
-from numpy_reference import Failures, all_inputs, close, ops_for, reduce_reference
+from helpers.numpy_reference import Failures, all_inputs, close, ops_for, reduce_reference
 
 DTYPES = list(SUPPORTED_DTYPES)
 # bfloat16 has no __cuda_array_interface__ typestr (numpy calls it '<V2'), so no

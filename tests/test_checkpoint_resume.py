@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from train_jobs import kill_after_first_checkpoint, run_job, train_cmd
+from helpers.train_jobs import kill_after_first_checkpoint, run_job, train_cmd
 
 EPOCHS = 2
 EVERY = 4            # optimizer steps between checkpoints (12-23 steps per epoch here)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_jobs import clean_env, train_cmd
+from helpers.train_jobs import clean_env, train_cmd
 
 import hpcdl
 import hpcdl.torch as hdt

@@ -19,7 +19,7 @@ from torch.distributed.fsdp import fully_shard
 import hpcdl
 from hpcdl.checkpoint import CheckpointManager
 from hpcdl.checkpoint.manager import CheckpointError
-from torch_backend_util import world
+from helpers.torch_backend_util import world
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import group_params, on_group
+from helpers.fakes import group_params, on_group
 
 from hpcdl.checkpoint import CheckpointManager
 from hpcdl.checkpoint import verify as verify_module

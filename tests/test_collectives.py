@@ -3,7 +3,7 @@
 The per-dtype tests run on the job's communicator under mpiexec (1..4 ranks)
 and, in the serial pass, on in-process fake communicators of 3 and 4 ranks
 (one rank would make every collective a no-op): each rank rebuilds all
-ranks' inputs from seeds (tests/numpy_reference.py) and checks its own
+ranks' inputs from seeds (tests/helpers/numpy_reference.py) and checks its own
 result. Shapes cover 0 elements, 1, fewer elements than ranks, a prime count
 (1009, so blocks never divide evenly) and a 2-D array; one multi-MiB case per
 dtype runs in ``test_large_message``.
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 import hpcdl
-from conftest import FakeCudaArray, group_params, on_group
+from helpers.fakes import FakeCudaArray, group_params, on_group
 from hpcdl.collectives import block_counts
-from numpy_reference import (Failures, OPS, all_inputs, close, ops_for, rank_input,
+from helpers.numpy_reference import (Failures, OPS, all_inputs, close, ops_for, rank_input,
                              reduce_reference)
 
 DTYPES = ["float64", "float32", "float16", "bfloat16", "int32", "int64"]

@@ -164,6 +164,8 @@ def test_none_compressor_and_protocol(ctx):
     payload, cctx = NoneCompressor().compress(x)
     assert payload is x and cctx is None and NoneCompressor().decompress(payload, cctx) is x
     assert isinstance(NoneCompressor(), Compressor) and isinstance(FP16Compressor(), Compressor)
+    # the protocol says which compressors communicate inside compress()
+    assert FP16Compressor.collective and not NoneCompressor.collective
 
 
 def test_empty_tensor_and_bad_arguments(ctx):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import hpcdl
-from conftest import FakeCudaArray
+from helpers.fakes import FakeCudaArray
 from hpcdl.errors import HpcdlError
 
 

@@ -15,7 +15,7 @@ import hpcdl
 from hpcdl.comm import Communicator, FakeCommunicator, run_ranks
 from hpcdl.errors import CommError
 from hpcdl.ops import ReduceOp
-from numpy_reference import all_inputs, close, reduce_reference
+from helpers.numpy_reference import all_inputs, close, reduce_reference
 
 SIZES = [1, 2, 3, 4]
 pytestmark = pytest.mark.fake_ranks

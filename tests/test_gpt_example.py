@@ -21,7 +21,7 @@ from hpcdl.examples.gpt.data import global_batch, load_text
 from hpcdl.examples.gpt.model import GPT, Config
 from hpcdl.examples.gpt.parallel import full_parameters
 from hpcdl.examples.gpt.train import parse_args, train
-from torch_backend_util import world
+from helpers.torch_backend_util import world
 
 TINY = ["--dim", "48", "--heads", "12", "--layers", "2", "--context", "16", "--batch", "12",
         "--text-bytes", "200000", "--eval-batches", "1", "--lr", "3e-3", "--threads", "1"]

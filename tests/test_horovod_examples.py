@@ -1,5 +1,5 @@
 """Horovod's own example scripts, with only their ``import horovod`` lines changed,
-run under ``hpcdl launch -n 2`` (tests/horovod_examples/; torchvision comes from the
+run under ``hpcdl launch -n 2`` (tests/jobs/horovod_examples/; torchvision comes from the
 shim there: see its __init__.py)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).parent / "horovod_examples"
+HERE = Path(__file__).parent / "jobs" / "horovod_examples"
 
 
 def _launch(script: str, *args: str, timeout: int = 300) -> str:

@@ -2,7 +2,7 @@
 
 Jobs under a bare ``mpiexec`` (not ``hpcdl launch``, whose ``python -m mpi4py``
 aborts on an uncaught exception by itself), each over a Dup of ``COMM_WORLD``
-handed to ``init`` (tests/init_comm_job.py):
+handed to ``init`` (tests/jobs/init_comm_job.py):
 
 * a rank that raises ends the job within seconds, the output naming that rank and
   the exception (without the abort hook the others waited forever: the raising
@@ -28,7 +28,7 @@ import pytest
 
 from hpcdl.launch import launch_env, mpi_flavour
 
-JOB = Path(__file__).with_name("init_comm_job.py")
+JOB = Path(__file__).parent / "jobs" / "init_comm_job.py"
 BIN = Path(sys.executable).parent
 
 

@@ -293,7 +293,7 @@ def test_benchmark_resnet50_shapes_and_table():
 
 
 def test_benchmark_exits_clearly_without_a_gpu(capsys):
-    from conftest import gpu_available
+    from helpers.fakes import gpu_available
 
     if gpu_available():
         pytest.skip("a GPU is present")

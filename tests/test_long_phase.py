@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from job_launch import launch
+from helpers.job_launch import launch
 
-JOBS = Path(__file__).with_name("wait_jobs.py")
+JOBS = Path(__file__).parent / "jobs" / "wait_jobs.py"
 
 
 @pytest.mark.spawns

@@ -231,7 +231,7 @@ def test_auto_uses_the_model_for_rank_counts_the_table_lacks(ctx, tmp_path, monk
     table.write_text(json.dumps({"version": 1, "source": "test", "rules": {"float": {
         "2": [[None, "ring"]], "4": [[None, "ring"]]}}}))
     monkeypatch.setenv("HPCDL_TUNING_FILE", str(table))
-    monkeypatch.setattr("hpcdl.model.measure.user_measurements_path", lambda: data)
+    monkeypatch.setattr("hpcdl.tuning.data.user_measurements_path", lambda: data)
     auto._fitted.cache_clear()
     select.reload()
     try:

@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from hpcdl.model import Params, cluster_cost, coefficients, fit
+from hpcdl.tuning.costs import Params, cluster_cost, coefficients
+from hpcdl.tuning.fit import fit   # (hpcdl.model.fit is also a module name there)
 from hpcdl.model.cli import main as model_main
 from hpcdl.model.links import compare_cluster, fit_links
 from hpcdl.model.measure import run_key

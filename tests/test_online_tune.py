@@ -20,8 +20,8 @@ from hpcdl.collectives.native import native_allreduce
 from hpcdl.collectives.tune_cache import cache_file, fingerprint, load_choices, save_choice
 from hpcdl.errors import InvalidArgumentError
 
-from conftest import group_params, on_group
-from numpy_reference import Failures, all_inputs, close, reduce_reference
+from helpers.fakes import group_params, on_group
+from helpers.numpy_reference import Failures, all_inputs, close, reduce_reference
 
 CANDIDATES = ["t_a", "t_b", "t_c"]
 N = 1000  # float64 elements: 8000 B, one size class

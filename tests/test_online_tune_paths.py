@@ -98,7 +98,7 @@ def test_torch_backend_allreduce_follows_the_schedule(ctx, spies, monkeypatch):
     """dist.all_reduce on an "hpcdl" group: its jobs run hpcdl's auto, so they tune."""
     import torch.distributed as dist
 
-    from torch_backend_util import rank_data, world
+    from helpers.torch_backend_util import rank_data, world
 
     world()
     monkeypatch.setenv("HPCDL_TUNE_CANDIDATES", ",".join(SPIES))

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-from train_jobs import kill_after_first_checkpoint, run_job, train_cmd
+from helpers.train_jobs import kill_after_first_checkpoint, run_job, train_cmd
 
 import hpcdl.pipeline as hp
 from hpcdl.checkpoint import params_sha256

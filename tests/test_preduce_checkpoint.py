@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from train_jobs import clean_env, kill_after_first_checkpoint, run_job, train_cmd
+from helpers.train_jobs import clean_env, kill_after_first_checkpoint, run_job, train_cmd
 
 import hpcdl
 from hpcdl.checkpoint import params_sha256

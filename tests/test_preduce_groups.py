@@ -1,9 +1,9 @@
-"""Group averages without a communicator per group (hpcdl/comm/members.py, preduce/groups.py).
+"""Group averages without a communicator per group (hpcdl/collectives/members.py, preduce/groups.py).
 
 Disjoint member sets of 2-4 ranks average at the same time over one parent
 communicator, round after round with other member sets, between full
 collectives on that same parent: every member must get the NumPy average of
-its group's inputs (tests/numpy_reference.py's tolerance) and bitwise the same
+its group's inputs (tests/helpers/numpy_reference.py's tolerance) and bitwise the same
 values as the other members. Fake 3 and 4 ranks serially, the job's ranks
 under mpiexec.
 """
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import group_params, on_group
-from numpy_reference import Failures, close, rank_input, reduce_reference
+from helpers.fakes import group_params, on_group
+from helpers.numpy_reference import Failures, close, rank_input, reduce_reference
 
 import hpcdl
-from hpcdl.comm.members import MemberComm
+from hpcdl.collectives.members import MemberComm
 from hpcdl.preduce.groups import GroupAverager
 
 

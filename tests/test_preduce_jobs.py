@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 HPCDL = str(Path(sys.executable).parent / "hpcdl")
-SCALE_JOB = Path(__file__).with_name("preduce_scale_job.py")
+SCALE_JOB = Path(__file__).parent / "jobs" / "preduce_scale_job.py"
 
 FIVE_RANKS = textwrap.dedent("""
     import time, numpy as np, hpcdl

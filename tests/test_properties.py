@@ -20,7 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import hpcdl
-from conftest import FakeCudaArray
+from helpers.fakes import FakeCudaArray
 from hpcdl.collectives import block_counts, select
 from hpcdl.comm import run_ranks
 from hpcdl.errors import ContiguityError, DtypeError, HpcdlError, InvalidArgumentError

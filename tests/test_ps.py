@@ -20,7 +20,7 @@ import torch
 
 import hpcdl
 import hpcdl.ps as ps
-from comm_census import COUNTS, live_comms
+from helpers.comm_census import COUNTS, live_comms
 from hpcdl.torch import ParameterServer
 
 
@@ -175,7 +175,7 @@ def test_mismatched_models_are_refused_at_setup_on_every_rank(ctx):
 
 @pytest.mark.mpi(min_size=2)
 def test_close_frees_the_communicators_setup_made(ctx):
-    # Counted by MPI itself (tests/comm_census.py), not by hpcdl's own bookkeeping.
+    # Counted by MPI itself (tests/helpers/comm_census.py), not by hpcdl's own bookkeeping.
     if not COUNTS:
         pytest.skip("the communicator count reads Open MPI's handle table")
     w = {"w": np.arange(6, dtype=np.float32)}

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from train_jobs import clean_env, run_job, train_cmd
+from helpers.train_jobs import clean_env, run_job, train_cmd
 
 EPOCHS = 2
 EVERY = 4            # pushes between checkpoints (23 per epoch here at 2 workers)

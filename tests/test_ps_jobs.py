@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parent / "jobs"
 
 
 def _launch(n: int, args: list[str], timeout: float) -> subprocess.CompletedProcess:

@@ -14,7 +14,8 @@ from mpi4py import MPI
 
 import hpcdl
 from hpcdl import runtime
-from hpcdl.runtime import _layout, launched_rank, launcher_env, probe_cuda_aware, under_launcher
+from hpcdl.comm.nodes import job_layout
+from hpcdl.runtime import launched_rank, launcher_env, probe_cuda_aware, under_launcher
 
 HPCDL = str(Path(sys.executable).parent / "hpcdl")
 
@@ -77,7 +78,7 @@ def test_under_launcher_and_launched_rank(ctx):
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_emulated_nodes(ctx, k):
     """HPCDL_RANKS_PER_NODE=k: blocks of k consecutive ranks form a node."""
-    local, node, num_nodes, source = _layout(ctx.comm, {"HPCDL_RANKS_PER_NODE": str(k)})
+    local, node, num_nodes, source = job_layout(ctx.comm, {"HPCDL_RANKS_PER_NODE": str(k)}, None)
     x = np.array([ctx.rank], np.int64)
     g = np.empty(local.size, np.int64)
     local.allgather(x, g)
@@ -90,7 +91,7 @@ def test_emulated_nodes(ctx, k):
 @pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
 def test_emulated_nodes_bad_value(ctx, value):
     with pytest.raises(hpcdl.InvalidArgumentError, match=f"rank {ctx.rank}.*HPCDL_RANKS_PER_NODE"):
-        _layout(ctx.comm, {"HPCDL_RANKS_PER_NODE": value})
+        job_layout(ctx.comm, {"HPCDL_RANKS_PER_NODE": value}, None)
 
 
 @pytest.mark.spawns

@@ -17,7 +17,7 @@ from hpcdl.buffers import as_buffer
 from hpcdl.collectives.staging import staged_pipeline
 from hpcdl.device import HostEmulation
 
-from conftest import FakeCudaArray, group_params, on_group
+from helpers.fakes import FakeCudaArray, group_params, on_group
 
 
 @pytest.mark.parametrize("group", group_params((3,)))

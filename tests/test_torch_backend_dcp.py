@@ -10,7 +10,7 @@ import pytest
 
 from test_torch_backend_script import _clean_env, _run
 
-JOB = str(Path(__file__).with_name("dcp_job.py"))
+JOB = str(Path(__file__).parent / "jobs" / "dcp_job.py")
 
 
 @pytest.mark.spawns

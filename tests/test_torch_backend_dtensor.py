@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import (DTensor, Partial, Replicate, Shard, distribute_tensor,
                                       init_device_mesh)
 
-from torch_backend_util import rank_data, world
+from helpers.torch_backend_util import rank_data, world
 
 torch.set_num_threads(1)
 TOL = dict(rtol=1e-5, atol=1e-5)

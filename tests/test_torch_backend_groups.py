@@ -29,7 +29,7 @@ import torch.distributed as dist
 from mpi4py import MPI
 
 import hpcdl
-from torch_backend_util import rank_data, world
+from helpers.torch_backend_util import rank_data, world
 
 WAIT = timedelta(seconds=120)
 CYCLES = 200

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from hpcdl.errors import DtypeError, InvalidArgumentError
-from torch_backend_util import rank_data, world
+from helpers.torch_backend_util import rank_data, world
 
 RED = dist.ReduceOp
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]

@@ -13,7 +13,7 @@ import hpcdl
 from hpcdl.errors import InvalidArgumentError
 from hpcdl.torch import BackendOptions
 from hpcdl.torch.backend import registration
-from torch_backend_util import rank_data, world
+from helpers.torch_backend_util import rank_data, world
 
 
 def test_rank_and_size_come_from_mpi():

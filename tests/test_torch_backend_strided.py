@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from torch_backend_util import rank_data, world
+from helpers.torch_backend_util import rank_data, world
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
           torch.int32, torch.int8, torch.uint8, torch.bool, torch.complex64]

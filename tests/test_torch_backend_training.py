@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from torch_backend_util import world
+from helpers.torch_backend_util import world
 
 torch.set_num_threads(1)  # several ranks share 2 cores
 BATCH = 24  # two micro-batches, each divisible by 1, 2, 3 and 4 ranks

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import hpcdl
-from conftest import group_params, on_group
+from helpers.fakes import group_params, on_group
 from hpcdl.errors import InvalidArgumentError, MismatchError
 from hpcdl.torch import (DistributedOptimizer, DistributedSampler, broadcast_object,
                          broadcast_optimizer_state, broadcast_parameters)

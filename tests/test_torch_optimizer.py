@@ -424,3 +424,45 @@ def test_bucket_pack_unpack_round_trip(scale):
     for p in params:
         assert p.grad is not None
         torch.testing.assert_close(p.grad, sent[id(p)] * 3 * scale, rtol=0, atol=0)
+
+
+class NamingCompressor:
+    """The full protocol (hpcdl.compression.Compressor): records the names and the
+    communicator the optimizer hands it."""
+
+    collective = False
+
+    def __init__(self) -> None:
+        self.names: list[str | None] = []
+        self.bound = None
+
+    def compress(self, t: torch.Tensor, *, name: str | None = None):
+        self.names.append(name)
+        return t.to(torch.float16), t.dtype
+
+    def decompress(self, payload: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return payload.to(dtype)
+
+    def bind(self, comm) -> None:
+        self.bound = comm
+
+
+def test_compressor_protocol_gets_bucket_names_and_the_comm(ctx):
+    """A protocol compressor is bound to the optimizer's communicator and gets every
+    bucket's name; its training matches the Horovod-style one (same cast)."""
+    from hpcdl.compression import Compressor, PlainCompressor, as_compressor
+
+    comp = NamingCompressor()
+    assert isinstance(comp, Compressor) and as_compressor(comp) is comp
+    assert isinstance(as_compressor(HalfCompressor()), PlainCompressor)
+    got = distributed(ctx, compression=comp, fusion_threshold_mb=0.001)
+    assert comp.bound is ctx.comm
+    assert comp.names and all(n is not None and n.startswith("hpcdl.bucket") for n in comp.names)
+    assert max_diff(got, reference()) < FP16_TOL
+
+
+def test_compression_without_the_protocol_names_the_rank(ctx):
+    model = make_model()
+    with pytest.raises(InvalidArgumentError, match=rf"rank {ctx.rank}\b.*compression=.*neither"):
+        DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                             named_parameters=model.named_parameters(), compression=object())

@@ -47,7 +47,7 @@ def test_checkpoint_flags_are_refused_where_not_honoured(ctx, tmp_path, monkeypa
     from hpcdl.examples.modes import MODES, load_mode
 
     assert all(getattr(load_mode(n), "CHECKPOINTS", False) for n in MODES)
-    monkeypatch.setitem(MODES, "no-checkpoints", "nocheckpoint_mode")
+    monkeypatch.setitem(MODES, "no-checkpoints", "helpers.nocheckpoint_mode")
     with pytest.raises(SystemExit, match="--mode no-checkpoints does not checkpoint .*"
                                          "allreduce, .*pipeline"):
         main(["--mode", "no-checkpoints", "--epochs", "1", "--out", str(tmp_path),

@@ -18,9 +18,9 @@ from hpcdl.comm.mpi import MPICommunicator
 from hpcdl.errors import InvalidArgumentError
 from hpcdl.watchdog import resolve_timeout, watch
 from hpcdl.watchdog.comm import WatchedComm, world_ranks
-from job_launch import launch
+from helpers.job_launch import launch
 
-JOBS = Path(__file__).with_name("watchdog_jobs.py")
+JOBS = Path(__file__).parent / "jobs" / "watchdog_jobs.py"
 
 
 def _launch(n: int, kind: str, seconds: float, timeout_env: str | None,

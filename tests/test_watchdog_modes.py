@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from job_launch import fell_asleep, launch
+from helpers.job_launch import fell_asleep, launch
 
-JOBS = Path(__file__).with_name("wait_jobs.py")
+JOBS = Path(__file__).parent / "jobs" / "wait_jobs.py"
 TIMEOUT = 6
 
 

@@ -1,11 +1,4 @@
-"""Durable files: write under a temporary name, fsync, rename, fsync the folder.
-
-A crash (SIGKILL, node failure, a full disk) at any instant leaves either the
-old file or the complete new one under the final name, never a half-written
-file: ``rename`` within one folder is atomic on POSIX filesystems, and the
-fsyncs make the data and the rename survive a power loss too (the folder's
-fsync persists its entry). Checksums are SHA-256.
-"""
+"""Checkpoint files: durable writes (:mod:`hpcdl.atomic`), SHA-256 checksums, torch bytes."""
 
 from __future__ import annotations
 
@@ -17,35 +10,12 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_write, fsync_dir
+
 __all__ = ["atomic_write", "fsync_dir", "sha256_file", "sha256_bytes", "torch_bytes",
            "load_torch"]
 
 _CHUNK = 1 << 20
-
-
-def fsync_dir(path: "str | os.PathLike[str]") -> None:
-    """Persist a folder's entries (a rename or a new file in it)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: "str | os.PathLike[str]", data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -26,6 +26,8 @@ from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import LoadItemType
 
+from ..torch.backend import register as register_backend
+
 __all__ = ["save_sharded", "load_sharded", "metadata_problem", "SafeReader",
            "ensure_process_group"]
 
@@ -88,8 +90,7 @@ class SafeReader(FileSystemReader):
 def ensure_process_group() -> None:
     """torch.distributed over hpcdl's backend, started once (DCP needs a process group)."""
     if not dist.is_initialized():
-        import hpcdl.torch  # noqa: F401  (registers the "hpcdl" backend)
-
+        register_backend()  # idempotent; importing hpcdl.torch has usually done it
         dist.init_process_group("hpcdl")
 
 

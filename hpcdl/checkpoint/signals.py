@@ -15,6 +15,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..collectives import allreduce
+
 __all__ = ["SignalFlag"]
 
 
@@ -39,10 +41,8 @@ class SignalFlag:
 
     def agreed(self, comm: Any = None) -> bool:
         """Collective: has any rank received one of the signals?"""
-        import hpcdl
-
         flag = np.array([1 if self.received is not None else 0], np.int32)
-        hpcdl.allreduce(flag, op="max", comm=comm)
+        allreduce(flag, op="max", comm=comm)
         if flag[0] and self.received is None:
             self.received = next(iter(self._previous))  # another rank's signal: take it as ours
         return bool(flag[0])

@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 import torch
 
-import hpcdl
+from .. import collectives
 
 from ..runtime import default_comm
 from .loop import CheckpointLoop
@@ -98,7 +98,7 @@ class TrainingCheckpoint(CheckpointLoop):
                       "counters": {"step": self.step, "epoch": self.epoch,
                                    "position": self.position}}
         mine = {n: t.detach().cpu().clone() for n, t in (carry or {}).items()}
-        summed = {n: hpcdl.allreduce(t.clone(), op="sum", comm=self.comm)
+        summed = {n: collectives.allreduce(t.clone(), op="sum", comm=self.comm)
                   for n, t in mine.items()}
         if shared is not None:
             shared["carry_sum"] = summed

@@ -28,7 +28,7 @@ from ..errors import InvalidArgumentError
 from ..ops import ReduceOp, check_dtype, check_root, dtype_name, is_half, parse_op
 from .. import trace
 from ..trace.hooks import traced
-from ..runtime import default_comm
+from ..context import default_comm
 from .blocks import block_counts
 from .debug import check_same_call, debug_enabled
 from .handle import drain, executor_for

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from itertools import accumulate
 
-__all__ = ["CHUNK_BYTES", "block_bounds", "block_counts"]
+# CHUNK_BYTES is defined in hpcdl.ops, the bottom layer, so that the cost model
+# (hpcdl.tuning, below the collectives) reads the same number.
+from ..ops import CHUNK_BYTES
 
-#: Piece size of the ring pipeline and of ``chunked``. Large enough that the
-#: per-message Python cost (~10 us) stays small against the transfer, small
-#: enough to overlap and to keep each native call's working set in cache
-#: (1 MiB and 2 MiB measured alike; 256 KiB was slower: docs/algorithms.md).
-CHUNK_BYTES = 1 << 20
+__all__ = ["CHUNK_BYTES", "block_bounds", "block_counts"]
 
 
 def block_counts(count: int, size: int) -> list[int]:

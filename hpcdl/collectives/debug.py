@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from ..comm.base import Communicator
+from ..context import get_context, is_initialized
 from ..errors import InvalidArgumentError, MismatchError
 
 __all__ = ["check_same_call", "debug_enabled", "set_debug"]
@@ -36,8 +37,6 @@ def set_debug(on: bool | None = None) -> bool:
     allgather. Returns the new setting."""
     global _enabled
     if on is not None and not isinstance(on, bool):
-        from ..runtime import get_context, is_initialized
-
         ctx = get_context() if is_initialized() else None
         raise InvalidArgumentError(f"on={on!r}: use True, False or None", op="set_debug",
                                    rank=ctx.rank if ctx else None, size=ctx.size if ctx else None)

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from .. import runtime, trace
-from ..comm.mpi import _MPI_OPS, mpi_datatype, mpi_error
+from .. import context, trace
+from ..comm.mpi import MPI_OPS, mpi_datatype, mpi_error
 from ..errors import InvalidArgumentError
 from ..ops import SUPPORTED_DTYPES, ReduceOp, is_half
 from . import catalog, online, registry
@@ -45,8 +45,6 @@ def _make_plan(comm: Any, dtype: np.dtype, op: Any, algorithm: str, nbytes: int)
     """What a valid call with these per-call constants does, or :data:`MISS` for
     anything the general path must see (it reports the errors)."""
     rop = _OPS.get(op) if isinstance(op, str) else None
-    if trace.ON:  # the general path records every call
-        return MISS
     if rop is None or dtype not in _DTYPES or (rop is ReduceOp.AVG and dtype in _INTS):
         return MISS
     if algorithm != "auto" and algorithm not in registry.ALLREDUCE:
@@ -62,7 +60,7 @@ def _make_plan(comm: Any, dtype: np.dtype, op: Any, algorithm: str, nbytes: int)
     mpi = getattr(comm, "mpi", None)
     if fn is native_allreduce and mpi is not None and not is_half(dtype) \
             and rop is not ReduceOp.AVG:
-        return (mpi, mpi_datatype(dtype), _MPI_OPS[rop], None, rop)
+        return (mpi, mpi_datatype(dtype), MPI_OPS[rop], None, rop)
     return (None, None, None, fn, rop)
 
 
@@ -73,8 +71,10 @@ def try_allreduce(tensor: np.ndarray, op: Any, algorithm: str, comm: Any) -> Any
     and cached on the communicator as a plan; a repeated call costs a dict lookup
     and the MPI call (about 1 us of Python in all: see docs/benchmarks.md).
     """
+    if trace.ON:  # the general path records every call (a cached plan would bypass it)
+        return MISS
     if comm is None:
-        comm = runtime.get_context().comm
+        comm = context.get_context().comm
     flags = tensor.flags
     if not (flags.c_contiguous and flags.writeable):
         return MISS

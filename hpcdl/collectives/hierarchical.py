@@ -25,19 +25,18 @@ leader broadcasts inside its node.
 Which ranks share a node: on the default communicator the layout of
 ``hpcdl.init()`` (MPI's shared-memory split or ``HPCDL_RANKS_PER_NODE``); on
 any other communicator blocks of ``HPCDL_RANKS_PER_NODE`` ranks when set,
-else the host name. Built once per communicator and cached on it.
+else the host name. Built once per communicator and cached on it
+(:mod:`hpcdl.comm.nodes`, the one owner of the layout).
 """
 
 from __future__ import annotations
 
-import os
-import socket
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..comm.base import Communicator
+from ..comm.nodes import NodeComms, node_comms
 from ..ops import ReduceOp
 from .blocks import CHUNK_BYTES, block_bounds
 from .catalog import ALLREDUCE
@@ -45,40 +44,6 @@ from .ring import ring_allgather, ring_reduce_scatter
 from .select import choose_flat
 
 __all__ = ["NodeComms", "node_comms", "hierarchical_allreduce", "hierarchical_allreduce_nodes"]
-
-
-@dataclass
-class NodeComms:
-    """The two communicators a hierarchical algorithm runs over."""
-
-    local: Communicator   # the ranks of this node
-    cross: Communicator   # the ranks with this local rank, one per node
-    even: bool            # every node has the same number of ranks
-
-    @classmethod
-    def build(cls, comm: Communicator, node: int, tag: str = "hpcdl:hier") -> "NodeComms":
-        """Collective over ``comm``: ``node`` is this rank's node index (any integer
-        that is equal exactly for the ranks of one node)."""
-        local = comm.split(node, comm.rank, name=f"{tag}:local")
-        cross = comm.split(local.rank, node, name=f"{tag}:cross")
-        sizes = comm.allgather_object(local.size)
-        return cls(local, cross, len(set(sizes)) == 1)
-
-
-def _node_index(comm: Communicator) -> int:
-    per_node = os.environ.get("HPCDL_RANKS_PER_NODE", "")
-    if per_node.isdigit() and int(per_node) > 0:
-        return comm.rank // int(per_node)
-    hosts = comm.allgather_object(socket.gethostname())
-    return sorted(set(hosts)).index(hosts[comm.rank])
-
-
-def node_comms(comm: Communicator) -> NodeComms:
-    """The node layout of ``comm`` (collective on first use, cached on ``comm``)."""
-    nodes: NodeComms | None = getattr(comm, "_hpcdl_nodes", None)
-    if nodes is None:  # hpcdl.init() gives the default communicator its layout
-        nodes = comm._hpcdl_nodes = NodeComms.build(comm, _node_index(comm))
-    return nodes
 
 
 def _flat(comm: Communicator, buf: np.ndarray, op: ReduceOp) -> None:

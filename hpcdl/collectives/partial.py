@@ -40,7 +40,8 @@ from typing import Any, Protocol
 
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError
-from ..runtime import default_comm
+from ..context import default_comm
+from .api import allreduce
 
 __all__ = ["partial_allreduce", "DigitSchedule", "GroupSchedule", "digits_needed"]
 
@@ -93,8 +94,6 @@ def partial_allreduce(x: Any, group_size: int, step: int, comm: Communicator | N
     Collective over all of ``comm``: every rank calls it with the same
     ``group_size`` and ``step``. Returns ``x`` (or a Handle with ``async_op``).
     """
-    from .api import allreduce
-
     c = default_comm(comm)
     if not isinstance(group_size, int) or group_size < 2:
         raise InvalidArgumentError(f"group_size={group_size!r}: use an integer >= 2",

@@ -40,8 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from ..context import get_context, is_initialized
 from ..errors import InvalidArgumentError
 from ..ops import is_half
+from ..tuning.auto import model_rules
 from .catalog import ALLREDUCE, invalidate_plans
 from .tune_cache import cache_dir
 
@@ -130,22 +132,14 @@ def _compile(size: int, half: bool) -> tuple[list[int], list[str]]:
     below = [c for c in counts if c <= size]
     chosen = per_size[str(below[-1] if below else counts[0])]
     if str(size) not in per_size and not half and _one_node():
-        chosen = _model_rules(size) or chosen  # the fitted cost model (hpcdl.model)
+        chosen = model_rules(size) or chosen  # the fitted cost model (hpcdl.model)
     limits = [r[0] if r[0] is not None else 1 << 62 for r in chosen]
     entry = _rules[(size, half)] = (limits, [r[1] for r in chosen])
     return entry
 
 
 def _one_node() -> bool:
-    from .. import runtime
-
-    return runtime.is_initialized() and runtime.get_context().num_nodes == 1
-
-
-def _model_rules(size: int) -> list | None:
-    from ..model.auto import model_rules
-
-    return model_rules(size)
+    return is_initialized() and get_context().num_nodes == 1
 
 
 def choose(comm: Any, nbytes: int, dtype: np.dtype) -> str:

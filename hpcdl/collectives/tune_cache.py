@@ -27,6 +27,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
+from ..version import __version__
+
 __all__ = ["cache_dir", "fingerprint", "cache_file", "load_choices", "save_choice"]
 
 FORMAT = 1
@@ -54,8 +57,6 @@ def _cpu_model() -> str:
 
 def fingerprint(mpi_library: str) -> dict[str, Any]:
     """What makes two machines "of the same kind" for tuning purposes."""
-    from .. import __version__
-
     mpi = mpi_library.replace("\x00", "").strip()  # mpi4py's text may end in a NUL
     return {"host": re.sub(r"\d+", "#", socket.gethostname()), "cpu": _cpu_model(),
             "cpus": os.cpu_count() or 1, "mpi": mpi.split("\n")[0],
@@ -89,10 +90,8 @@ def save_choice(path: Path, fp: dict[str, Any], key: str, entry: dict[str, Any])
         choices = load_choices(path)
         choices[key] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"fingerprint": fp, "choices": choices}, indent=1,
-                                  sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"fingerprint": fp, "choices": choices}, indent=1,
+                                           sort_keys=True) + "\n")
     except OSError as exc:
         # Tuning still works for this job; only the next job must learn again.
         if str(path) not in _warned:

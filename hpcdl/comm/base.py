@@ -61,7 +61,7 @@ class CommState:
     _hpcdl_fast: tuple[int, dict] | None = None
     #: collectives/scratch.py: reusable host arrays by slot name
     _hpcdl_scratch: dict[str, np.ndarray] | None = None
-    #: collectives/hierarchical.py (runtime.init() for the default communicator): node layout
+    #: comm/nodes.py (the one owner; runtime.init() attaches the default one): node layout
     _hpcdl_nodes: Any = None
     #: collectives/online.py: what ``auto`` learned online on this communicator
     _hpcdl_tuner: Any = None

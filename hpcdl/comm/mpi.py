@@ -20,11 +20,11 @@ from ..errors import CommError, DtypeError
 from ..ops import ReduceOp, dtype_name
 from .base import CommState
 
-__all__ = ["MPICommunicator", "mpi_datatype", "mpi_error"]
+__all__ = ["MPICommunicator", "mpi_datatype", "mpi_error", "MPI_OPS"]
 
 #: The dtypes MPI reduces natively; float16/bfloat16 are upcast first (ops.mpi_reducible).
 _REDUCIBLE = frozenset(np.dtype(t) for t in (np.float64, np.float32, np.int32, np.int64))
-_MPI_OPS = {ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.MIN: MPI.MIN,
+MPI_OPS = {ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.MIN: MPI.MIN,
             ReduceOp.MAX: MPI.MAX, ReduceOp.PROD: MPI.PROD}
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -161,7 +161,7 @@ class MPICommunicator(CommState):
     # collectives ---------------------------------------------------------------
     @_mpi_errors("allreduce")
     def allreduce(self, buf: "np.ndarray | Buffer", op: ReduceOp) -> None:
-        self.mpi.Allreduce(MPI.IN_PLACE, _spec(buf, reduce=True), _MPI_OPS[op])
+        self.mpi.Allreduce(MPI.IN_PLACE, _spec(buf, reduce=True), MPI_OPS[op])
 
     @_mpi_errors("broadcast")
     def bcast(self, buf: "np.ndarray | Buffer", root: int) -> None:
@@ -178,7 +178,7 @@ class MPICommunicator(CommState):
                        op: ReduceOp) -> None:
         dt = mpi_datatype(sendbuf.dtype)
         self.mpi.Reduce_scatter([sendbuf, sendbuf.size, dt], [recvbuf, recvbuf.size, dt],
-                                list(counts), _MPI_OPS[op])
+                                list(counts), MPI_OPS[op])
 
     @_mpi_errors("barrier")
     def barrier(self) -> None:

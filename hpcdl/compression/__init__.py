@@ -4,6 +4,12 @@
     hpcdl.allreduce(payload, op="sum", comm=comm)          # the caller reduces the payload
     total = compressor.decompress(payload, ctx)            # the SUM, in tensor's dtype/shape
 
+The protocol (:class:`~hpcdl.compression.base.Compressor`) is explicit: besides
+``compress(x, *, name=None)`` and ``decompress``, a compressor has ``bind(comm)``
+(the communicator the payload is summed over) and ``collective`` (whether
+``compress`` itself communicates). :func:`as_compressor` adapts an object with
+only Horovod's two methods (:class:`PlainCompressor`).
+
 * :class:`NoneCompressor` returns the tensor itself (``ctx`` is None).
 * :class:`FP16Compressor(chunk_size=8192, error_feedback=False, comm=None)
   <hpcdl.compression.fp16.FP16Compressor>` sends float16 with one power-of-two
@@ -24,7 +30,8 @@ torch ops otherwise). The payload is the same kind of array as the input, on
 the same device, with the input's shape, dtype float16.
 """
 
-from .base import Compressor, NoneCompressor
+from .base import Compressor, NoneCompressor, PlainCompressor, as_compressor
 from .fp16 import FP16Compressor, FP16Context
 
-__all__ = ["Compressor", "NoneCompressor", "FP16Compressor", "FP16Context"]
+__all__ = ["Compressor", "NoneCompressor", "PlainCompressor", "as_compressor", "FP16Compressor",
+           "FP16Context"]

@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from ..collectives import allreduce
+from ..context import get_context
 from ..errors import DtypeError, InvalidArgumentError
-from ..kernels import reference
+from ..kernels import fusion, reference
 from ..kernels.layout import DEFAULT_CHUNK_ELEMS, DTYPE_CODES, FusionLayout, check_chunk_elems
 from ..ops import TORCH_DTYPES
 
@@ -75,6 +77,9 @@ def _kernels_usable(t: Any, kind: str) -> bool:
 class FP16Compressor:
     """Float16 payload, per-chunk power-of-two scales, optional error feedback."""
 
+    #: ``compress`` agrees on the scales with an allreduce of max over ``comm``
+    collective = True
+
     def __init__(self, chunk_size: int = DEFAULT_CHUNK_ELEMS, error_feedback: bool = False,
                  comm: Any = None) -> None:
         self.chunk_size = check_chunk_elems(chunk_size, "FP16Compressor")
@@ -89,8 +94,6 @@ class FP16Compressor:
     @property
     def comm(self) -> Any:
         if self._comm is None:
-            from ..runtime import get_context
-
             self._comm = get_context().comm
         return self._comm
 
@@ -148,7 +151,7 @@ class FP16Compressor:
                 self._residuals[key] = cupy.asarray(value.numpy())
 
     # -- the contract -----------------------------------------------------------
-    def compress(self, tensor: Any, name: str | None = None) -> tuple[Any, FP16Context]:
+    def compress(self, tensor: Any, *, name: str | None = None) -> tuple[Any, FP16Context]:
         """Collective over ``comm``: ``(float16 payload, ctx)``; see the module docstring."""
         kind = _kind(tensor)
         if kind == "numpy":
@@ -179,8 +182,6 @@ class FP16Compressor:
         return name if name is not None else (ptr, tuple(shape), str(dtype))
 
     def _allreduce_max(self, maxabs: Any) -> None:
-        from ..collectives import allreduce
-
         allreduce(maxabs, op="max", comm=self.comm)
 
     def _check_float(self, dtype: Any) -> None:
@@ -252,8 +253,6 @@ class FP16Compressor:
             return cupy.empty(n, dtype=dtype)
 
     def _compress_kernels(self, t: Any, kind: str, name: str | None) -> tuple[Any, FP16Context]:
-        from ..kernels import fusion
-
         if kind == "torch":
             t = t.detach().contiguous()
             ptr, shape, dtype, n = t.data_ptr(), tuple(t.shape), t.dtype, t.numel()
@@ -283,8 +282,6 @@ class FP16Compressor:
         return payload.reshape(shape), FP16Context(dtype, shape, scales, ce, "kernels")
 
     def _decompress_kernels(self, payload: Any, ctx: FP16Context) -> Any:
-        from ..kernels import fusion
-
         kind = _kind(payload)
         if kind == "torch":
             import torch

@@ -22,7 +22,8 @@ import numpy as np
 from ..buffers import as_buffer
 from ..errors import DeviceMismatchError, DtypeError, InvalidArgumentError
 from ..ops import KERNEL_DTYPES, TORCH_DTYPES, ReduceOp, dtype_name, parse_op
-from . import CTYPES, REDUCE_OPS, get_kernel
+from .loader import get_kernel
+from .sources import CTYPES, REDUCE_OPS
 from .launch_args import (THREADS, absmax_args, dequantize_args, head_args, multi_tensor_grid,
                           pack_args, quantize_args, reduce_args, reduce_grid, unpack_args)
 from .layout import DEFAULT_CHUNK_ELEMS, DTYPE_CODES, FusionLayout, make_layout

@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import NVRTC_OPTIONS, cuda_include_dirs, name_expressions, source
+from .sources import NVRTC_OPTIONS, cuda_include_dirs, name_expressions, source
 
 __all__ = ["OPTIONS", "NvrtcError", "Compiled", "find_library", "compile_module", "version"]
 

@@ -8,9 +8,11 @@
 See docs/observability.md.
 """
 
-from .costs import ALGORITHMS, FLAT, Params, cluster_cost, coefficients, cost
-from .fit import Fit, compare, fit
-from .project import PRESETS, Network, crossovers, project
+# The model itself is pure and lives in hpcdl.tuning (below the collectives, whose
+# ``auto`` reads it); this package is its command-line side (measure, cli, plot).
+from ..tuning.costs import ALGORITHMS, FLAT, Params, cluster_cost, coefficients, cost
+from ..tuning.fit import Fit, compare, fit
+from ..tuning.project import PRESETS, Network, crossovers, project
 
 __all__ = ["ALGORITHMS", "FLAT", "Params", "coefficients", "cost", "cluster_cost", "Fit", "fit",
            "compare", "PRESETS", "Network", "project", "crossovers"]

@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .fit import compare, fit, oversubscription
-from .measure import load_measurements, user_measurements_path
-from .project import PRESETS, Network, crossovers, parse_quantity, project
+from ..tune import merge_rules
+from ..tuning.data import load_measurements, user_measurements_path
+from ..tuning.fit import compare, fit, oversubscription
+from ..tuning.project import PRESETS, Network, crossovers, parse_quantity, project
+from ..tuning.rules import powers_of_4
+from .measure_cli import main as measure
 
 __all__ = ["main"]
 
@@ -29,8 +32,6 @@ def _human(n: float) -> str:
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    from ..tune import powers_of_4
-
     p = argparse.ArgumentParser(prog="hpcdl model", description=__doc__)
     p.add_argument("--data", type=Path, help="measurements (default: the user's from "
                    f"'hpcdl model measure' at {user_measurements_path()}, else the shipped ones)")
@@ -64,8 +65,6 @@ def _network(args: argparse.Namespace) -> Network:
 
 
 def _write_table(path: Path, rules: dict[int, list[list[Any]]], source: str) -> list[int]:
-    from ..tune import merge_rules
-
     table = json.loads(path.read_text()) if path.is_file() else {"rules": {}}
     measured = set(table.get("rules", {}).get("float", {}))
     written = [p for p in sorted(rules) if str(p) not in measured]
@@ -166,8 +165,6 @@ def report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "measure":
-        from .measure_cli import main as measure
-
         return measure(argv[1:])
     if argv and argv[0] == "links":
         from .links import main as links

@@ -29,10 +29,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .costs import Params, cluster_cost
-from .fit import Fit, fit, nnls
-from .measure import load_measurements
-from .project import Network, project
+from ..tuning.costs import Params, cluster_cost
+from ..tuning.data import load_measurements
+from ..tuning.fit import Fit, fit, nnls
+from ..tuning.project import Network, project
 
 __all__ = ["fit_links", "compare_cluster", "main"]
 

@@ -35,31 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from .costs import FLAT
+from ..atomic import atomic_write_text
+from ..runtime import init
+from ..collectives import allreduce
+from ..tune import time_op
+from ..tuning.costs import FLAT
+from ..tuning.data import DEFAULT_MEASUREMENTS, load_measurements, user_measurements_path
 
 __all__ = ["measure_here", "merge_run", "load_measurements", "user_measurements_path",
            "run_key", "single_node", "DEFAULT_MEASUREMENTS"]
-
-#: Measured on the 2-core CI VM (Open MPI 5 shared memory); used when you have none.
-DEFAULT_MEASUREMENTS = Path(__file__).with_name("default_measurements.json")
-
-
-def user_measurements_path() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "hpcdl" / "model.json"
-
-
-def load_measurements(path: Path | None = None) -> dict[str, Any]:
-    """The measurements at ``path``; else the user's file; else the shipped default."""
-    if path is None:
-        path = user_measurements_path()
-        if not path.is_file():
-            path = DEFAULT_MEASUREMENTS
-    data = json.loads(Path(path).read_text())
-    if not isinstance(data, dict) or not isinstance(data.get("runs"), dict) or not data["runs"]:
-        raise ValueError(f"{path}: expected an object with a non-empty 'runs' object "
-                         "(write one with 'hpcdl model measure')")
-    return data
 
 
 def _pingpong(comm: Any, sizes: list[int], reps: int, peer: int = 1) -> list[list[float]]:
@@ -127,10 +111,7 @@ def _reduce(sizes: list[int]) -> list[list[float]]:
 def measure_here(sizes: list[int], rounds: int = 3, budget_s: float = 0.05,
                  algorithms: tuple[str, ...] = FLAT) -> dict[str, Any]:
     """Collective over the default communicator; returns the run's record on every rank."""
-    import hpcdl
-    from ..tune import time_op
-
-    ctx = hpcdl.init()
+    ctx = init()
     comm = ctx.comm
     if ctx.num_nodes > 1 and "hierarchical" not in algorithms:
         algorithms = (*algorithms, "hierarchical")
@@ -156,7 +137,7 @@ def measure_here(sizes: list[int], rounds: int = 3, budget_s: float = 0.05,
             buf = buffers[nbytes]
             for k in range(len(algorithms)):
                 name = algorithms[(k + rnd) % len(algorithms)]
-                seconds = time_op(comm, lambda name=name: hpcdl.allreduce(buf, algorithm=name,
+                seconds = time_op(comm, lambda name=name: allreduce(buf, algorithm=name,
                                                                           comm=comm),
                                   budget_s=budget_s, min_iters=3)
                 times[name][nbytes].append(seconds)
@@ -181,7 +162,5 @@ def merge_run(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     data["source"] = (f"hpcdl model measure on {socket.gethostname()}, "
                       f"{datetime.datetime.now().isoformat(timespec='seconds')}, {record['mpi']}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     return data

@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..context import get_context
+from ..runtime import under_launcher
+from ..tune import powers_of_4, run_at_ranks
+from .measure import measure_here, merge_run, user_measurements_path
+
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..runtime import under_launcher
-    from ..tune import powers_of_4, run_at_ranks
-    from .measure import measure_here, merge_run, user_measurements_path
-
     p = argparse.ArgumentParser(prog="hpcdl model measure", description=__doc__)
     p.add_argument("--ranks", default="2,3,4", help="rank counts outside a job (default 2,3,4)")
     p.add_argument("--out", type=Path, default=user_measurements_path())
@@ -34,10 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rc == 0:
             print(f"hpcdl model measure: wrote {args.out}; now run 'hpcdl model'")
         return rc
-    import hpcdl
-
     record = measure_here(args.sizes, rounds=args.rounds, budget_s=args.budget)
-    if hpcdl.get_context().rank == 0:
+    if get_context().rank == 0:
         merge_run(args.out, record)
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .project import Network
+from ..tuning.project import Network
 
 __all__ = ["plot_projection"]
 

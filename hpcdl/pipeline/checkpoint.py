@@ -42,7 +42,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
 
-import hpcdl
+from .. import collectives, runtime
 
 from ..checkpoint import rng_state, state_sha256
 from ..checkpoint.loop import CheckpointLoop
@@ -84,7 +84,7 @@ class PipelineCheckpoint(CheckpointLoop):
                  extra: dict[str, Any] | None = None, resume: bool = False, keep: int = 2,
                  seed: int = 0, signals: Iterable["str | int"] = ("USR1",)) -> None:
         # DCP runs over the default group: every rank
-        super().__init__(directory, every, comm=hpcdl.init().comm, keep=keep, seed=seed,
+        super().__init__(directory, every, comm=runtime.init().comm, keep=keep, seed=seed,
                          signals=signals, resume=resume)
         self.grid = grid
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -161,7 +161,7 @@ class PipelineCheckpoint(CheckpointLoop):
         sharded, values = self._sharded()
         everyone = self.comm.allgather_object(values)   # hyperparameters of every stage
         mine = {n: t.detach().cpu().clone() for n, t in (carry or {}).items()}
-        summed = {n: hpcdl.allreduce(t.clone(), op="sum", comm=self.comm)
+        summed = {n: collectives.allreduce(t.clone(), op="sum", comm=self.comm)
                   for n, t in mine.items()}
         shared = None
         if self.comm.rank == 0:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
-import hpcdl
+from hpcdl import groups, runtime
 from hpcdl.comm.base import Communicator
 from hpcdl.errors import InvalidArgumentError
 
@@ -35,7 +35,7 @@ class Grid:
     """
 
     def __new__(cls, stages: int, replicas: int | None = None) -> "Grid":
-        ctx = hpcdl.init()
+        ctx = runtime.init()
         s, d = _check(stages, replicas, ctx.rank, ctx.size)
         cached = _CACHE.get((s, d))
         if cached is not None:
@@ -60,12 +60,12 @@ class Grid:
                 self.pp_group = g
         self.dp_comm: Communicator | None = None
         for st in range(s):
-            c = hpcdl.subgroup([r * s + st for r in range(d)])
+            c = groups.subgroup([r * s + st for r in range(d)])
             if st == self.stage:
                 self.dp_comm = c
         # Every rank of the grid, on its own MPI context: the pipeline's set-up checks
         # agree over it without meeting traffic queued on the world communicator.
-        self.comm: Communicator = hpcdl.init().comm.split(0, rank, name="hpcdl.pipeline.grid")
+        self.comm: Communicator = runtime.init().comm.split(0, rank, name="hpcdl.pipeline.grid")
 
     @property
     def is_first(self) -> bool:

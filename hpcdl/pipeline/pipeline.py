@@ -27,6 +27,7 @@ from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleG
                                           ScheduleInterleaved1F1B)
 
 from hpcdl.errors import HpcdlError, InvalidArgumentError
+from hpcdl.torch.optimizer import DistributedOptimizer
 
 from .grid import Grid
 from .meter import ActivationMeter, Timeline
@@ -173,8 +174,6 @@ class Pipeline:
         as the last micro-batch's backward has produced them). D = 1: ``optimizer`` itself."""
         if self.grid.replicas == 1:
             return optimizer
-        from hpcdl.torch import DistributedOptimizer
-
         named = [(f"stage{i}.{n}", p) for i, mod in zip(self.stage_indices, self.modules)
                  for n, p in mod.named_parameters()]
         return DistributedOptimizer(optimizer, named_parameters=named,

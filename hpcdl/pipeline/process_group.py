@@ -19,8 +19,10 @@ import socket
 
 import torch.distributed as dist
 
-import hpcdl
+from hpcdl import runtime
 from hpcdl.errors import InvalidArgumentError
+from hpcdl.torch.backend import register as register_backend
+from hpcdl.torch.broadcast import broadcast_object
 
 __all__ = ["BACKEND", "init_process_group", "DEFAULT_TIMEOUT_S"]
 
@@ -39,7 +41,7 @@ def init_process_group(backend: str | None = None, timeout_s: float | None = Non
     the group, with either backend. Returns the backend in use. Collective over the
     world communicator.
     """
-    ctx = hpcdl.init()
+    ctx = runtime.init()
     if timeout_s is None:
         raw = os.environ.get("HPCDL_PIPELINE_TIMEOUT", "").strip()
         try:
@@ -61,12 +63,9 @@ def init_process_group(backend: str | None = None, timeout_s: float | None = Non
         return dist.get_backend()
     timeout = datetime.timedelta(seconds=timeout_s)
     if backend == "hpcdl":
-        from hpcdl import torch as _hpcdl_torch  # noqa: F401  (registers the backend)
-
+        register_backend()  # idempotent; importing hpcdl.torch has done it already
         dist.init_process_group("hpcdl", timeout=timeout)
         return backend
-    from hpcdl.torch import broadcast_object
-
     store = None
     if ctx.rank == 0:
         # Port 0: the OS picks a free port, so two jobs on one node never collide.

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CommError
+from ..watchdog import waiting
 from .connectivity import Connectivity
 from .messages import (ERROR, FULL_SYNC_ERROR, GROUP, STOP, SYNC, TAG_ALIVE, TAG_HEARTBEAT,
                        TAG_READY, TAG_REPLY, Ready, Reply)
@@ -119,8 +120,6 @@ class Controller:
             MPI.Request.Waitall(self._reqs)
 
     def _loop(self) -> None:
-        from ..watchdog import waiting
-
         # Declared to the watchdog: waiting for the ranks still computing (not held, not
         # in the open group); only silence counts.
         with waiting("preduce controller", self.comm) as wait:

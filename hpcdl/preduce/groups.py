@@ -4,9 +4,9 @@ A P-Reduce group is a different member set at almost every step (at 64
 ranks with P = 4 a rank meets tens of thousands of them), so a communicator
 per group, even cached, grows without bound and exhausts MPICH's ~2,000
 context ids. Each group instead averages over a
-:class:`~hpcdl.comm.members.MemberComm`, a view of the members on the
+:class:`~hpcdl.collectives.members.MemberComm`, a view of the members on the
 session's data communicator made of point-to-point messages (why their
-messages cannot be confused with another group's: comm/members.py). One view
+messages cannot be confused with another group's: collectives/members.py). One view
 per group size is kept and re-pointed, so the memory it holds (scratch
 buffers, cached plans) is bounded by ``P - 1`` views.
 
@@ -22,7 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..buffers import as_buffer
-from ..comm.members import MemberComm
+from ..collectives.api import allreduce
+from ..collectives.members import MemberComm
+from ..collectives.select import choose_flat
 
 __all__ = ["GroupAverager"]
 
@@ -41,9 +43,6 @@ class GroupAverager:
     def average(self, x: Any, members: tuple[int, ...], op_name: str = "preduce") -> None:
         """Average ``x`` in place over ``members`` (sorted parent ranks, this rank among
         them); every member calls it with the same tuple."""
-        from ..collectives.api import allreduce
-        from ..collectives.select import choose_flat
-
         view = self._views.get(len(members))
         if view is None:
             view = self._views[len(members)] = MemberComm(self.parent, members)

@@ -21,8 +21,10 @@ import time
 from typing import Any
 
 from ..buffers import as_buffer
+from ..collectives.api import allreduce
 from ..comm.mpi import MPICommunicator
 from ..errors import CommError, InvalidArgumentError, MismatchError
+from ..heartbeat import LongPhase
 from ..ops import dtype_name
 from ..runtime import default_comm
 from ..watchdog import waiting
@@ -144,8 +146,6 @@ class PReduce:
         After the session's stop (the last evaluation) there is nobody to tell: a no-op."""
         import contextlib
 
-        from ..heartbeat import LongPhase
-
         if self.stopped:
             return contextlib.nullcontext()
 
@@ -178,8 +178,6 @@ class PReduce:
                 self._finish()  # the controller ended the session
             raise MismatchError(reply.reason, rank=self.rank,
                                 size=self.size, op=_OP)
-        from ..collectives.api import allreduce
-
         if reply.kind == GROUP:
             if len(reply.members) > 1:
                 self._groups.average(x, reply.members, _OP)

@@ -37,7 +37,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-import hpcdl
+from .. import collectives
 
 from ..checkpoint import rng_state
 from ..checkpoint.loop import CheckpointLoop
@@ -193,7 +193,7 @@ class PSCheckpoint(CheckpointLoop):
         """Workers, all at the same step: quiesce the servers and write the checkpoint."""
         self._check_saving()
         mine = {n: t.detach().cpu().clone() for n, t in (carry or {}).items()}
-        summed = {n: hpcdl.allreduce(t.clone(), op="sum", comm=self.ps.roles.group)
+        summed = {n: collectives.allreduce(t.clone(), op="sum", comm=self.ps.roles.group)
                   for n, t in mine.items()}
         self.ps.request_checkpoint(self.step, stop)
         shared = None

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..errors import HpcdlError, InvalidArgumentError
 
 __all__ = ["MemoryStore", "DiskStore", "StoreError", "make_store"]
@@ -145,12 +146,8 @@ class DiskStore:
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
             arrays[name] = {"dtype": arr.dtype.name, "size": int(arr.size), "crc32": _crc(f)}
-        tmp = self.path / "manifest.json.tmp"
-        with open(tmp, "w") as fh:
-            json.dump({"arrays": arrays, "meta": self.meta}, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path / "manifest.json")
+        atomic_write_text(self.path / "manifest.json",
+                          json.dumps({"arrays": arrays, "meta": self.meta}, indent=1))
         self._manifest = arrays
 
     def close(self) -> None:

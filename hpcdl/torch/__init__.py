@@ -20,7 +20,7 @@ from .backend import init_process_group, register as _register_backend
 from .broadcast import broadcast_object, broadcast_optimizer_state, broadcast_parameters
 from ..ps.torch import ParameterServer
 from .optimizer import DEFAULT_FUSION_MB, DistributedOptimizer
-from .preduce import PReduceAverager
+from ..preduce.torch import PReduceAverager
 from .sampler import DistributedSampler
 
 __all__ = ["DistributedOptimizer", "DEFAULT_FUSION_MB", "broadcast_parameters",

@@ -24,7 +24,6 @@ torch.optim.Optimizer)`` take ``opt.optimizer`` (same ``param_groups``).
 
 from __future__ import annotations
 
-import inspect
 import threading
 import weakref
 from typing import Any, Iterable
@@ -34,6 +33,7 @@ import torch
 from .. import trace
 from ..collectives import allreduce
 from ..collectives.handle import drain, executor_for
+from ..compression import PlainCompressor, as_compressor
 from ..comm.base import Communicator
 from ..errors import InvalidArgumentError, MismatchError
 from ..ops import ReduceOp, parse_op
@@ -76,6 +76,12 @@ def _named(optimizer: torch.optim.Optimizer,
     return [(n, p) for n, p in pairs if p.requires_grad]
 
 
+def _compressor_label(compression: Any) -> str:
+    """The compressor's class, the same on ranks that run the same one."""
+    inner = compression.inner if isinstance(compression, PlainCompressor) else compression
+    return type(inner).__name__
+
+
 def _check_layout(comm: Communicator, signature: Any) -> None:
     """Raise :class:`MismatchError` on every rank unless all ranks built the same buckets."""
     drain(comm)
@@ -113,9 +119,12 @@ class DistributedOptimizer(WrappedOptimizer):
         named_parameters: ``model.named_parameters()``; the names fix the bucket
             layout (identical on every rank). Default: names from the optimizer's
             parameter order.
-        compression: an object with ``compress(t) -> (payload, ctx)`` and
-            ``decompress(payload, ctx) -> t`` (``hpcdl.compression``); the payload
-            is summed across ranks and ``decompress`` returns the sum.
+        compression: a :class:`hpcdl.compression.Compressor` (``compress(t, *,
+            name=None) -> (payload, ctx)``, ``decompress(payload, ctx) -> t``,
+            ``bind(comm)``, ``collective``), bound to this optimizer's
+            communicator; an object with only Horovod's ``compress(t)`` and
+            ``decompress`` is adapted (:func:`hpcdl.compression.as_compressor`).
+            The payload is summed across ranks and ``decompress`` returns the sum.
         fusion_threshold_mb: bucket size; ``0`` sends each parameter on its own.
         backward_passes_per_step: backward passes accumulated locally before the
             gradients are reduced (gradient accumulation: scale the loss by
@@ -146,19 +155,11 @@ class DistributedOptimizer(WrappedOptimizer):
         if fusion_threshold_mb < 0:
             raise InvalidArgumentError(f"fusion_threshold_mb={fusion_threshold_mb}; must be "
                                        ">= 0", rank=rank, op="DistributedOptimizer")
-        if compression is not None and not (callable(getattr(compression, "compress", None))
-                                            and callable(getattr(compression, "decompress",
-                                                                 None))):
-            raise InvalidArgumentError(f"compression={compression!r} has no compress/decompress "
-                                       "methods", rank=rank, op="DistributedOptimizer")
-        bind = getattr(compression, "bind", None)
-        if callable(bind):  # a collective compressor must run on the optimizer's comm
-            bind(self.comm)
+        compression = as_compressor(compression, rank=rank, op="DistributedOptimizer")
+        if compression is not None:  # a collective compressor must run on the optimizer's comm
+            compression.bind(self.comm)
         super().__init__(optimizer, self.comm, "DistributedOptimizer")
         self.compression = compression
-        # hpcdl's FP16Compressor keys its error-feedback residual by name when given one.
-        self._named_compress = compression is not None and "name" in inspect.signature(
-            compression.compress).parameters
         self.algorithm = algorithm
         self.backward_passes_per_step = int(backward_passes_per_step)
         self.fusion_threshold_mb = float(fusion_threshold_mb)
@@ -170,7 +171,8 @@ class DistributedOptimizer(WrappedOptimizer):
         self._next = 0                  # index of the next bucket to launch
         self._lock = threading.Lock()   # hooks may run on autograd's device threads
         signature = (layout_signature(self._buckets), self.op.value,
-                     self.backward_passes_per_step, type(compression).__name__, str(algorithm))
+                     self.backward_passes_per_step, _compressor_label(compression),
+                     str(algorithm))
         _check_layout(self.comm, signature)
         me = weakref.ref(self)
         self._hooks = [p.register_post_accumulate_grad_hook(_hook(me, id(p))) for _, p in named]
@@ -236,10 +238,8 @@ class DistributedOptimizer(WrappedOptimizer):
 
         def compress_and_reduce() -> tuple[Any, Any]:
             c0 = trace.now() if trace.ON else 0
-            if self._named_compress:
-                payload, ctx = self.compression.compress(flat, name=name)
-            else:
-                payload, ctx = self.compression.compress(flat)
+            # the name keys FP16Compressor's error-feedback residual across steps
+            payload, ctx = self.compression.compress(flat, name=name)
             if c0:
                 trace.record(f"compress bucket {b.index}", "compression", c0, trace.now())
             allreduce(payload, op="sum", algorithm=self.algorithm, comm=self.comm)

@@ -18,25 +18,26 @@ number), ``mpi`` (each MPI call: native collectives, point-to-point),
 ``staging`` (host copies of device buffers), ``compression``, ``optimizer``
 (DistributedOptimizer: hooks, bucket packing, waiting in ``synchronize``).
 
-Off (the default) costs one module-attribute test on the general paths and
-nothing on the cached fast path of a blocking NumPy allreduce, which is
-bypassed while tracing so that every call is recorded.
+Off (the default) costs one module-attribute test on the general paths and on
+the cached fast path of a blocking NumPy allreduce, which is bypassed while
+tracing so that every call is recorded. This package imports nothing of
+hpcdl's above :mod:`hpcdl.errors`: every layer may record into it.
 """
 
 from __future__ import annotations
 
-import time
 import weakref
 from typing import Any
+
+from .clock import LANES, now
+from .recorder import Recorder
 
 __all__ = ["ON", "start", "stop", "record", "now", "active_dir", "comm_label", "LANES"]
 
 #: True while a trace is being recorded (read by the instrumented paths).
 ON = False
 _recorder: Any = None
-now = time.perf_counter_ns
 _LABELS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
-LANES = ("collective", "queue", "mpi", "staging", "compression", "optimizer", "user")
 
 
 def start(directory: str, comm: Any, *, clock_skew_ns: int = 0) -> None:
@@ -45,14 +46,10 @@ def start(directory: str, comm: Any, *, clock_skew_ns: int = 0) -> None:
     ``clock_skew_ns``: for tests only, this rank's clock is taken to run that far
     ahead of the real one (see :class:`~hpcdl.trace.recorder.Recorder`)."""
     global ON, _recorder
-    from ..collectives import registry
-    from .recorder import Recorder
-
     if _recorder is not None:
         return
     _recorder = Recorder(directory, comm, clock_skew_ns)
     ON = True
-    registry.invalidate_plans()  # cached fast-path plans would bypass the recorder
 
 
 def stop() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import LANES, now
+from .clock import LANES, now
 
 __all__ = ["Recorder", "clock_offset", "FLUSH_EVENTS", "FLUSH_SECONDS"]
 

@@ -1,0 +1,1 @@
+"""Importable helpers of the test suite (not tests): fakes, NumPy references, job launchers."""

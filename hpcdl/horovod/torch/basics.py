@@ -14,6 +14,9 @@ import torch
 from ... import runtime
 from ...collectives.handle import drain
 from ...errors import HpcdlError, InvalidArgumentError
+from .process_sets import register_process_sets, reset_process_sets
+from .state import STATE as _STATE
+from .state import context
 
 __all__ = ["init", "shutdown", "is_initialized", "rank", "size", "local_rank", "local_size",
            "cross_rank", "cross_size", "is_homogeneous", "mpi_threads_supported",
@@ -26,26 +29,8 @@ class HorovodInternalError(HpcdlError):
     """Horovod's name for a failed collective (kept so ``except`` clauses still match)."""
 
 
-class _State:
-    ctx: Any = None            # hpcdl Context, None before init / after shutdown
-    homogeneous: bool = True
-
-
-_STATE = _State()
-
-
-def context() -> Any:
-    """The hpcdl context behind the Horovod calls; raises like Horovod before ``init()``."""
-    if _STATE.ctx is None:
-        raise InvalidArgumentError("Horovod has not been initialized; use hvd.init().",
-                                   op="horovod")
-    return _STATE.ctx
-
-
 def init(comm: Any = None, process_sets: Sequence[Any] | None = None) -> None:
     """Start hpcdl (idempotent). ``comm``: an mpi4py communicator or a list of world ranks."""
-    from .process_sets import _register_initial, _reset
-
     if isinstance(comm, (list, tuple)):
         from mpi4py import MPI
 
@@ -62,9 +47,9 @@ def init(comm: Any = None, process_sets: Sequence[Any] | None = None) -> None:
     _STATE.ctx = ctx
     sizes = ctx.comm.allgather_object(ctx.local_size)
     _STATE.homogeneous = len(set(sizes)) == 1
-    _reset(ctx.comm)
+    reset_process_sets(ctx.comm)
     if process_sets:
-        _register_initial(process_sets)
+        register_process_sets(process_sets)
 
 
 def shutdown() -> None:

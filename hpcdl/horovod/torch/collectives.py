@@ -24,7 +24,7 @@ from .agree import agree, describe, wire_dtype
 from .compression import Compression
 from .handles import register, synchronize
 from .process_sets import ProcessSet, resolve
-from .reduce import Average, Sum, _start, handle_op
+from .reduce import Average, Sum, handle_op, start_reduce
 
 __all__ = ["allgather", "allgather_async", "broadcast", "broadcast_", "broadcast_async",
            "broadcast_async_", "alltoall", "alltoall_async", "reducescatter",
@@ -187,7 +187,7 @@ def reducescatter_async(tensor: torch.Tensor, name: str | None = None, op: int =
     start, mine = bounds[rank], bounds[rank + 1] - bounds[rank]
     # The whole reduction, then this rank's rows: Horovod's row split is not
     # hpcdl.reduce_scatter's element split unless dim 0 divides evenly.
-    inner, finish_all = _start(tensor, None, name, op, prescale_factor, postscale_factor, ps,
+    inner, finish_all = start_reduce(tensor, None, name, op, prescale_factor, postscale_factor, ps,
                                "reducescatter")
     return register(inner, lambda r: finish_all(r)[start:start + mine].clone())
 

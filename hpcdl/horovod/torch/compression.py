@@ -6,14 +6,16 @@ float16 on the wire too, with per-chunk power-of-two scales agreed across ranks,
 so nothing overflows and small gradients keep their digits. It is collective
 (one small max-allreduce per tensor), so it is built per communicator.
 User-written compressors (a ``Compressor`` subclass with static
-``compress``/``decompress``) are used as Horovod uses them.
+``compress``/``decompress``) are used as Horovod uses them: on the optimizer's
+path they become hpcdl's one protocol through
+:class:`hpcdl.compression.PlainCompressor` (no name, no bind, not collective).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ...compression import FP16Compressor, NoneCompressor
+from ...compression import FP16Compressor, NoneCompressor, as_compressor
 
 __all__ = ["Compressor", "Compression", "NoneCompressor", "FP16Compressor", "hpcdl_compressor"]
 
@@ -69,7 +71,8 @@ def hpcdl_compressor(compression: Any, comm: Any) -> Any:
     """What hpcdl's collectives take for ``compression`` on ``comm``.
 
     ``None`` for no compression, an :class:`FP16Compressor` bound to ``comm`` for
-    fp16, and the user's own object otherwise (it has compress/decompress).
+    fp16 (collective, so one per communicator), and otherwise the user's object as
+    an :class:`hpcdl.compression.Compressor` (Horovod's two methods are adapted).
     """
     if compression is None or compression is _NoneSpec or isinstance(compression, _NoneSpec):
         return None
@@ -78,4 +81,4 @@ def hpcdl_compressor(compression: Any, comm: Any) -> Any:
         if key not in _FP16_BY_COMM:
             _FP16_BY_COMM[key] = FP16Compressor(comm=comm)
         return _FP16_BY_COMM[key]
-    return compression
+    return as_compressor(compression, rank=comm.rank, op="compression")

@@ -13,9 +13,10 @@ from typing import Any, Sequence
 
 from ...errors import InvalidArgumentError
 from ...groups import subgroup
+from .state import context
 
 __all__ = ["ProcessSet", "global_process_set", "add_process_set", "remove_process_set",
-           "resolve"]
+           "resolve", "reset_process_sets", "register_process_sets"]
 
 
 class ProcessSet:
@@ -59,7 +60,7 @@ global_process_set = ProcessSet()
 _SETS: dict[int, ProcessSet] = {}
 
 
-def _reset(comm: Any) -> None:
+def reset_process_sets(comm: Any) -> None:
     """At ``init``: the global set is every rank of hpcdl's communicator."""
     _SETS.clear()
     global_process_set.ranks = list(range(comm.size))
@@ -67,15 +68,13 @@ def _reset(comm: Any) -> None:
     _SETS[0] = global_process_set
 
 
-def _register_initial(sets: Sequence[Any]) -> None:
+def register_process_sets(sets: Sequence[Any]) -> None:
     for s in sets:
         add_process_set(s)
 
 
 def add_process_set(process_set: "ProcessSet | Sequence[int]") -> ProcessSet:
     """Collective over all ranks: create the set (a subgroup) and return it."""
-    from .basics import context
-
     ctx = context()
     ps = process_set if isinstance(process_set, ProcessSet) else ProcessSet(process_set)
     if ps.ranks is None or not ps.ranks:
@@ -103,8 +102,6 @@ def remove_process_set(process_set: ProcessSet) -> bool:
 
 def resolve(process_set: ProcessSet | None, op: str) -> ProcessSet:
     """The set to run ``op`` on; raise if Horovod is not initialized or this rank is outside."""
-    from .basics import context
-
     ctx = context()
     ps = global_process_set if process_set is None else process_set
     if ps.comm is None:

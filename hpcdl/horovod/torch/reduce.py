@@ -24,7 +24,8 @@ from .process_sets import ProcessSet, resolve
 
 __all__ = ["Average", "Sum", "Adasum", "Min", "Max", "Product", "allreduce", "allreduce_",
            "allreduce_async", "allreduce_async_", "grouped_allreduce", "grouped_allreduce_",
-           "grouped_allreduce_async", "grouped_allreduce_async_", "handle_op", "scale_"]
+           "grouped_allreduce_async", "grouped_allreduce_async_", "handle_op", "scale_",
+           "start_reduce"]
 
 # Horovod's ReduceOp values (horovod/common/message.h), so code comparing them still works.
 Average, Sum, Adasum, Min, Max, Product = 0, 1, 2, 3, 4, 5
@@ -54,7 +55,7 @@ def scale_(t: torch.Tensor, factor: float) -> None:
         t.copy_((t.double() * factor).trunc())
 
 
-def _start(tensor: torch.Tensor, output: torch.Tensor | None, name: str | None, op: int,
+def start_reduce(tensor: torch.Tensor, output: torch.Tensor | None, name: str | None, op: int,
            prescale: float, postscale: float, ps: ProcessSet, where: str) -> tuple[Any, Any]:
     """Check, then start one allreduce; return (hpcdl handle or None, finish(result))."""
     wire = wire_dtype(tensor, where, ps)
@@ -93,7 +94,7 @@ def allreduce_async(tensor: torch.Tensor, average: bool | None = None, name: str
                     process_set: ProcessSet | None = None) -> int:
     op = handle_op(average, op, "allreduce_async")
     ps = resolve(process_set, "allreduce_async")
-    return register(*_start(tensor, None, name, op, prescale_factor, postscale_factor, ps,
+    return register(*start_reduce(tensor, None, name, op, prescale_factor, postscale_factor, ps,
                             "allreduce_async"))
 
 
@@ -103,7 +104,7 @@ def allreduce_async_(tensor: torch.Tensor, average: bool | None = None, name: st
                      process_set: ProcessSet | None = None) -> int:
     op = handle_op(average, op, "allreduce_async_")
     ps = resolve(process_set, "allreduce_async_")
-    return register(*_start(tensor, tensor, name, op, prescale_factor, postscale_factor, ps,
+    return register(*start_reduce(tensor, tensor, name, op, prescale_factor, postscale_factor, ps,
                             "allreduce_async_"))
 
 
@@ -116,7 +117,7 @@ def allreduce(tensor: torch.Tensor, average: bool | None = None, name: str | Non
     ps = resolve(process_set, "allreduce")
     comp = hpcdl_compressor(compression, ps.comm)
     if comp is None:
-        return synchronize(register(*_start(tensor, None, name, op, prescale_factor,
+        return synchronize(register(*start_reduce(tensor, None, name, op, prescale_factor,
                                             postscale_factor, ps, "allreduce")))
     if op not in (Average, Sum) or not tensor.dtype.is_floating_point:
         # Horovod compresses whatever it is given; scaled fp16 is defined for float sums.
@@ -152,7 +153,7 @@ def _grouped(tensors: Sequence[torch.Tensor], outputs: Sequence[Any], average: b
              process_set: ProcessSet | None, where: str) -> int:
     op = handle_op(average, op, where)
     ps = resolve(process_set, where)
-    started = [_start(t, o, None if name is None else f"{name}.{i}", op, prescale, postscale,
+    started = [start_reduce(t, o, None if name is None else f"{name}.{i}", op, prescale, postscale,
                       ps, where) for i, (t, o) in enumerate(zip(tensors, outputs))]
 
     def finish(_: Any) -> list[torch.Tensor]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-import hpcdl
+from ... import collectives as hc
 
 from ...comm.mpi import MPICommunicator
 from .ops import HPCDL_DTYPES, host_array, host_bytes, mpi_type
@@ -42,7 +42,7 @@ def allreduce(comm: MPICommunicator, t: torch.Tensor, hop: Any, mop: Any,
     if factor is not None:
         t.mul_(factor)  # PREMUL_SUM: scale this rank's contribution, then sum
     if hop is not None:
-        hpcdl.allreduce(t, op=hop, algorithm=algorithm, comm=comm)
+        hc.allreduce(t, op=hop, algorithm=algorithm, comm=comm)
         return
     if comm.size == 1 or t.numel() == 0:
         return
@@ -52,7 +52,7 @@ def allreduce(comm: MPICommunicator, t: torch.Tensor, hop: Any, mop: Any,
 
 def broadcast(comm: MPICommunicator, t: torch.Tensor, root: int) -> None:
     if t.dtype in HPCDL_DTYPES:
-        hpcdl.broadcast(t, root=root, comm=comm)
+        hc.broadcast(t, root=root, comm=comm)
         return
     if comm.size == 1 or t.numel() == 0:
         return
@@ -63,7 +63,7 @@ def broadcast(comm: MPICommunicator, t: torch.Tensor, root: int) -> None:
 def allgather_flat(comm: MPICommunicator, out: torch.Tensor, inp: torch.Tensor) -> None:
     """``out`` (contiguous, size * inp.numel() elements) gets every rank's ``inp`` in order."""
     if inp.dtype in HPCDL_DTYPES and inp.device == out.device:
-        hpcdl.allgather(inp, out=out, comm=comm)
+        hc.allgather(inp, out=out, comm=comm)
         return
     src = inp.detach().to("cpu")
 
@@ -78,7 +78,7 @@ def reduce_scatter_flat(comm: MPICommunicator, out: torch.Tensor, inp: torch.Ten
     if factor is not None:
         inp = inp * factor  # a copy: the caller's input stays as it was
     if hop is not None:
-        hpcdl.reduce_scatter(inp, out=out, op=hop, comm=comm)
+        hc.reduce_scatter(inp, out=out, op=hop, comm=comm)
         return
     src = host_array(inp.detach().to("cpu").contiguous())
 

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from mpi4py import MPI
 
+from ...collectives.api import barrier as hpcdl_barrier
 from ...comm.mpi import MPICommunicator
 from ...errors import InvalidArgumentError
 from . import collectives as jobs
@@ -166,9 +167,7 @@ class ProcessGroupHpcdl(FunctionalOps, PointToPoint, dist.ProcessGroup):
             t, lambda b: jobs.broadcast(self.comm, b, root), copy_back=self.comm.rank != root))
 
     def barrier(self, opts: Any = None) -> dist.Work:
-        import hpcdl
-
-        return self._submit("barrier", lambda: (hpcdl.barrier(comm=self.comm), [])[1])
+        return self._submit("barrier", lambda: (hpcdl_barrier(comm=self.comm), [])[1])
 
     def allgather(self, output_lists: list, inputs: list, opts: Any = None) -> dist.Work:
         inp = self._one(inputs, "allgather")

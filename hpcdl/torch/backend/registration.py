@@ -25,7 +25,7 @@ from torch.distributed.constants import default_pg_timeout
 import torch.distributed.rendezvous  # noqa: F401 - the module, for its handler table
 _rdzv = sys.modules["torch.distributed.rendezvous"]
 
-import hpcdl
+from ... import collectives, runtime
 
 from ...comm.mpi import MPICommunicator
 from ...errors import CommError, InvalidArgumentError
@@ -46,16 +46,16 @@ class Options:
 
 def _algorithm(pg_options: Any, rank: int) -> str:
     name = getattr(pg_options, "algorithm", None) or os.environ.get("HPCDL_ALGORITHM") or "auto"
-    if name not in hpcdl.algorithm_names():
+    if name not in collectives.algorithm_names():
         raise InvalidArgumentError(f"algorithm {name!r} (from pg_options or HPCDL_ALGORITHM) "
-                                   f"is not one of {hpcdl.algorithm_names()}", rank=rank,
+                                   f"is not one of {collectives.algorithm_names()}", rank=rank,
                                    op="init_process_group")
     return name
 
 
 def _create(opts: Any, pg_options: Any) -> ProcessGroupHpcdl:
     """torch's factory hook (extended API): one ProcessGroupHpcdl per torch group."""
-    world = hpcdl.init().comm
+    world = runtime.init().comm
     ranks = [int(r) for r in opts.global_ranks_in_group]
     whole = not ranks or ranks == list(range(world.size))
     if whole and (opts.group_rank, opts.group_size) != (world.rank, world.size):
@@ -119,7 +119,7 @@ def _store(world: MPICommunicator, timeout: timedelta) -> dist.TCPStore:
 
 def _mpi_env_rendezvous(url: str, timeout: timedelta = timedelta(minutes=30),
                         **kwargs: Any) -> Iterator[tuple[Any, int, int]]:
-    world = hpcdl.init().comm
+    world = runtime.init().comm
     query = {k: v[0] for k, v in parse_qs(urlparse(url).query).items()}
     given = {k: int(query[k]) for k in ("rank", "world_size")
              if k in query and int(query[k]) != -1}

@@ -1,6 +1,6 @@
 """A job over a communicator handed to ``init`` (tests/test_init_comm_jobs.py starts it).
 
-    hpcdl launch -n N -- python tests/init_comm_job.py API SCENARIO
+    hpcdl launch -n N -- python tests/jobs/init_comm_job.py API SCENARIO
 
 API: ``hpcdl`` (``hpcdl.init(MPI.COMM_WORLD.Dup())``) or ``horovod``
 (``hvd.init(comm=MPI.COMM_WORLD.Dup())``). SCENARIO:

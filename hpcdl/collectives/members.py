@@ -34,9 +34,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..comm.base import CommState, internal_tag
 from ..errors import InvalidArgumentError
 from ..ops import ReduceOp
-from .base import CommState, internal_tag
+from .tree import tree_allreduce
 
 __all__ = ["MemberComm"]
 
@@ -98,8 +99,6 @@ class MemberComm(CommState):
     # collectives over the members, made of the point-to-point above ------------------
     def allreduce(self, buf: np.ndarray, op: ReduceOp) -> None:
         """In place, by recursive doubling: every member ends with bitwise the same result."""
-        from ..collectives.tree import tree_allreduce
-
         tree_allreduce(self, buf, op)
 
     def allgather_object(self, obj: Any) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Jobs with one rank stalled in each mode: ``python tests/wait_jobs.py KIND SECONDS``.
+"""Jobs with one rank stalled in each mode: ``python tests/jobs/wait_jobs.py KIND SECONDS``.
 
 The stalled rank prints ``rank R sleeping since T`` and sleeps SECONDS (a real sleep:
 no MPI call, its process alive) where the others wait for it:

@@ -1,4 +1,4 @@
-"""Jobs that tests/test_watchdog.py launches: ``python tests/watchdog_jobs.py KIND SECONDS``.
+"""Jobs that tests/test_watchdog.py launches: ``python tests/jobs/watchdog_jobs.py KIND SECONDS``.
 
 * ``collective``: rank 2 (or the last rank) sleeps SECONDS before the 4th allreduce.
 * ``p2p``: rank 0 sleeps SECONDS before sending to rank 1, which waits in a receive.

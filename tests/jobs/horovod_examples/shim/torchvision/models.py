@@ -24,5 +24,5 @@ def small_cnn(num_classes: int = 1000) -> nn.Module:
 def __getattr__(name: str) -> Any:
     if name.startswith("__"):
         raise AttributeError(name)
-    raise AttributeError(f"the torchvision shim of tests/horovod_examples has no model {name!r}; "
+    raise AttributeError(f"the torchvision shim of tests/jobs/horovod_examples has no model {name!r}; "
                          "run the benchmark with --model small_cnn")

@@ -19,7 +19,8 @@ from typing import Any, Iterable
 import torch
 
 from ..errors import DtypeError
-from ..preduce import PReduce, Reply
+from .messages import Reply
+from .session import PReduce
 
 __all__ = ["PReduceAverager"]
 

@@ -1,11 +1,11 @@
 """A long P-Reduce run (tests/test_preduce_jobs.py starts it): are communicators and memory flat?
 
-    hpcdl launch -n 8 -- python tests/preduce_scale_job.py STEPS P OUT.json
+    hpcdl launch -n 8 -- python tests/jobs/preduce_scale_job.py STEPS P OUT.json
 
 Runs ``STEPS`` P-Reduce steps (reported by all ranks together) on a 37-element
 float64 vector. Every 10% of its steps each rank samples:
 
-* the communicators alive in this process (tests/comm_census.py: read from Open
+* the communicators alive in this process (tests/helpers/comm_census.py: read from Open
   MPI's handle table); a communicator kept per group makes it climb;
 * its resident memory (``VmRSS``).
 
@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
 
 import hpcdl
-from comm_census import COUNTS, live_comms  # tests/ is this script's folder: on sys.path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers/
+from helpers.comm_census import COUNTS, live_comms  # noqa: E402
 
 N = 37
 
@@ -78,7 +81,7 @@ def main() -> None:
         results = [got[m][1] for m in members]
         if not all(np.array_equal(results[0], v) for v in results[1:]):
             bad.append(f"group {members} at step {step}: members hold different values")
-        # the stated tolerance (tests/numpy_reference.py): 4 n eps sum_i |x_i|
+        # the stated tolerance (tests/helpers/numpy_reference.py): 4 n eps sum_i |x_i|
         tol = 4 * len(members) * eps * np.abs(xs).sum(axis=0)
         if np.any(np.abs(results[0] - ref) > tol):
             bad.append(f"group {members} at step {step}: off the NumPy mean by "
