@@ -15,7 +15,7 @@ then predicted by :func:`hpcdl.model.costs.cluster_cost` with
 
 All emulated nodes share one machine's cores: a run of ``p`` ranks on ``c`` cores
 stretches the per-byte terms (copies, reductions) by ``s = p / c`` as the
-single-node fit does (hpcdl/model/fit.py), but not the network's own beta, which is
+single-node fit does (hpcdl/tuning/fit.py), but not the network's own beta, which is
 the shaped link's. The projection to 4,096 ranks is ``hpcdl model`` with the
 network fitted here (``--alpha``/``--bandwidth``).
 """
