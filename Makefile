@@ -3,6 +3,7 @@
 #   make test   set up (once) and run the tests, serially and under mpiexec at 1..4 ranks
 #   make bench  set up (once) and run the benchmarks at 2 and 4 ranks
 #   make slurm-test  the jobs/ scripts under a local 2-node Slurm (root; docs/slurm.md)
+#   make cluster-test multi-node tests on an emulated cluster with shaped links (root; docs/cluster.md)
 #   make kernel-test the CUDA kernels without a GPU: run on the CPU, sanitizers, PTX checks
 #   make lint-imports the layer contract (pyproject.toml) and no import cycles (docs/architecture.md)
 #   make gpu-check   on a GPU machine: GPU tests, kernel/allreduce benchmarks, AMP job (one report)
@@ -15,7 +16,7 @@ TORCH  ?= torch==2.13.0
 RANKS  ?= 1 2 3 4
 OUT    ?= out
 
-.PHONY: setup demo test test-serial test-mpi bench slurm-test kernel-test gpu-check lint-imports clean
+.PHONY: setup demo test test-serial test-mpi bench slurm-test cluster-test kernel-test gpu-check lint-imports clean
 
 setup: $(VENV)/.setup-done
 
@@ -55,6 +56,17 @@ slurm-test: setup
 	timeout 1500 jobs/local-slurm/cluster.sh --nodes 2 -- \
 	  env PYTHONPATH=$(CURDIR)/tests/slurm $(PY) -m pytest -q -p no:cacheprovider -p slurm_report \
 	  --color=no -rfEs tests/slurm
+
+# An emulated cluster (docs/cluster.md): 4 nodes in network namespaces, links shaped to
+# 1 Gbit/s with tc tbf, n4's at 100 Mbit/s. First cluster.sh itself from outside (exit
+# codes, signals, nothing left behind), then the multi-node tests inside one cluster.
+# Prints SKIP (exit 0) without root or network namespaces.
+CLUSTER_TESTS := tests/test_cluster.py tests/test_cluster_jobs.py
+cluster-test: setup
+	HPCDL_CLUSTER_TEST=1 timeout 300 $(PY) -m pytest -q -p no:cacheprovider --color=no -rs \
+	  tests/test_cluster_script.py
+	timeout 600 jobs/local-cluster/cluster.sh --nodes 4 --link 1gbit --slow-node 4 --slow-link 100mbit -- \
+	  $(PY) -m pytest -q -p no:cacheprovider --color=no -rfEs $(CLUSTER_TESTS)
 
 # The CUDA kernels proven without a GPU (docs/gpu.md, "Kernels on the CPU"): every kernel
 # instance run on the CPU against reference.py (plain, ASan+UBSan, TSan), the three

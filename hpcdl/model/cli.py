@@ -117,7 +117,8 @@ def report(args: argparse.Namespace) -> int:
         print(f"'spread': slowest / fastest round of the measurement itself - 1; "
               f"{within_spread} of {judged_rows} judged rows have an error within it")
     cores = {int(run.get("cores") or 0) for run in data["runs"].values()}
-    over = sorted(int(k) for k, run in data["runs"].items() if oversubscription(run) > 1)
+    over = sorted(int(run["ranks"]) for run in data["runs"].values()
+                  if oversubscription(run) > 1 and int(run.get("nodes") or 1) == 1)
     if over:
         print(f"note: the runs at {', '.join(map(str, over))} ranks had more ranks than the "
               f"{'/'.join(map(str, sorted(cores)))} cores of their node; their timings "
@@ -165,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "measure":
         return measure(argv[1:])
+    if argv and argv[0] == "links":
+        from .links import main as links
+
+        return links(argv[1:])
     try:
         return report(_parse(argv))
     except (ValueError, OSError) as exc:

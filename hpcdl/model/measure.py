@@ -5,13 +5,20 @@ under ``runs[<rank count>]``:
 
 * ``pingpong``: half the round trip of a message between ranks 0 and 1, per
   size: the transport's own alpha and beta;
+* ``links`` (several nodes): the same ping-pong per kind of link, ``shm`` between
+  rank 0 and a rank on its node, ``net`` between rank 0 and the first rank of
+  the next node (fitted per kind by :mod:`hpcdl.model.links`);
 * ``reduce``: one local reduction (``numpy.add`` in place, float32) per size
   from 64 KiB: gamma, in and out of cache;
 * ``allreduce``: every flat algorithm (``hpcdl.allreduce(algorithm=...)``)
   per size, the median of the slowest rank's time (``hpcdl.tune.time_op``),
   best of ``--rounds`` rounds; each round visits every size and algorithm in
   rotated order, and every round's time is kept (``allreduce_rounds``) so
-  ``hpcdl model`` can show how much the measurement itself moved.
+  ``hpcdl model`` can show how much the measurement itself moved; across
+  several nodes also ``hierarchical``.
+
+A run on one node is stored under ``runs["<ranks>"]``, one across nodes under
+``runs["<ranks>@<nodes>x<ranks per node>"]`` (2x2 and 4x1 both have 4 ranks).
 
 Outside a job it launches itself at each of ``--ranks`` (like ``hpcdl tune``).
 """
@@ -36,26 +43,55 @@ from ..tuning.costs import FLAT
 from ..tuning.data import DEFAULT_MEASUREMENTS, load_measurements, user_measurements_path
 
 __all__ = ["measure_here", "merge_run", "load_measurements", "user_measurements_path",
-           "DEFAULT_MEASUREMENTS"]
+           "run_key", "single_node", "DEFAULT_MEASUREMENTS"]
 
-def _pingpong(comm: Any, sizes: list[int], reps: int) -> list[list[float]]:
+
+def _pingpong(comm: Any, sizes: list[int], reps: int, peer: int = 1) -> list[list[float]]:
+    """Half round trips between rank 0 and ``peer`` (every rank takes part in the barriers)."""
     rows = []
     for nbytes in sizes:
         buf = np.zeros(max(1, nbytes), np.uint8)
+        # big messages over a slow link: fewer repetitions (a 16 MiB round trip at
+        # 1 Gbit/s takes 0.27 s)
+        n_reps = max(2, min(reps, int(reps * (1 << 20) // max(nbytes, 1))))
         best = float("inf")
         for _ in range(3):
             comm.barrier()
             t0 = time.perf_counter()
-            for _ in range(reps):
+            for _ in range(n_reps):
                 if comm.rank == 0:
-                    comm.send(buf, 1, 77)
-                    comm.recv(buf, 1, 77)
-                elif comm.rank == 1:
+                    comm.send(buf, peer, 77)
+                    comm.recv(buf, peer, 77)
+                elif comm.rank == peer:
                     comm.recv(buf, 0, 77)
                     comm.send(buf, 0, 77)
-            best = min(best, (time.perf_counter() - t0) / reps / 2)
+            best = min(best, (time.perf_counter() - t0) / n_reps / 2)
         rows.append([nbytes, best])
     return rows
+
+
+def _link_pingpongs(ctx: Any, sizes: list[int], reps: int) -> dict[str, list[list[float]]]:
+    """``{"shm": rows, "net": rows}``: ping-pong over each kind of link this job has."""
+    nodes = ctx.comm.allgather_object(ctx.node)
+    out = {}
+    same = [r for r in range(1, len(nodes)) if nodes[r] == nodes[0]]
+    other = [r for r in range(1, len(nodes)) if nodes[r] != nodes[0]]
+    for kind, peers in (("shm", same), ("net", other)):
+        if peers:
+            out[kind] = _pingpong(ctx.comm, sizes, reps, peer=peers[0])
+    return out
+
+
+def run_key(record: dict[str, Any]) -> str:
+    """Where a run is stored: ``"4"`` on one node, ``"4@2x2"`` across 2 nodes of 2."""
+    nodes = int(record.get("nodes") or 1)
+    if nodes == 1:
+        return str(record["ranks"])
+    return f"{record['ranks']}@{nodes}x{record['ranks_per_node']}"
+
+
+def single_node(run: dict[str, Any]) -> bool:
+    return int(run.get("nodes") or 1) == 1
 
 
 def _reduce(sizes: list[int]) -> list[list[float]]:
@@ -77,6 +113,8 @@ def measure_here(sizes: list[int], rounds: int = 3, budget_s: float = 0.05,
     """Collective over the default communicator; returns the run's record on every rank."""
     ctx = init()
     comm = ctx.comm
+    if ctx.num_nodes > 1 and "hierarchical" not in algorithms:
+        algorithms = (*algorithms, "hierarchical")
     big = [s for s in sizes if s >= 1 << 16] or sizes[-1:]
     record: dict[str, Any] = {
         "ranks": comm.size, "ranks_per_node": ctx.local_size, "nodes": ctx.num_nodes,
@@ -85,6 +123,8 @@ def measure_here(sizes: list[int], rounds: int = 3, budget_s: float = 0.05,
         "pingpong": _pingpong(comm, [s for s in sizes if s <= 16 << 20],
                               reps=20) if comm.size > 1 else [],
         "reduce": _reduce(big), "allreduce": {}}
+    if ctx.num_nodes > 1:
+        record["links"] = _link_pingpongs(ctx, [s for s in sizes if s <= 16 << 20], reps=20)
     # Rounds are the outer loop, and each round visits the sizes and algorithms in a
     # rotated order: a shared node's speed drifts over minutes (2-3x on the CI VM), and
     # measuring each size in its own stretch of time turned that drift into a fake
@@ -116,9 +156,9 @@ def measure_here(sizes: list[int], rounds: int = 3, budget_s: float = 0.05,
 
 
 def merge_run(path: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """Put ``record`` under ``runs[<its rank count>]`` of the file at ``path`` (atomically)."""
+    """Put ``record`` under ``runs[run_key(record)]`` of the file at ``path`` (atomically)."""
     data = json.loads(path.read_text()) if path.is_file() else {"version": 1, "runs": {}}
-    data["runs"][str(record["ranks"])] = record
+    data["runs"][run_key(record)] = record
     data["source"] = (f"hpcdl model measure on {socket.gethostname()}, "
                       f"{datetime.datetime.now().isoformat(timespec='seconds')}, {record['mpi']}")
     path.parent.mkdir(parents=True, exist_ok=True)

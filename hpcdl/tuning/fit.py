@@ -87,7 +87,8 @@ def _gammas(rows: list[tuple[float, float]], split: float | None) -> tuple[float
 
 
 def _transport(runs: dict[str, Any], gamma: float) -> Params:
-    rows = [(n, t) for run in runs.values() for n, t in run.get("pingpong", [])]
+    rows = [(n, t) for run in runs.values() if _single_node(run)
+            for n, t in run.get("pingpong", [])]
     if not rows:
         return Params(0.0, 0.0, gamma)
     n = np.array([r[0] for r in rows], float)
@@ -96,8 +97,13 @@ def _transport(runs: dict[str, Any], gamma: float) -> Params:
     return Params(float(x[0]), float(x[1]), gamma)
 
 
+def _single_node(run: dict[str, Any]) -> bool:
+    # runs across nodes (hpcdl.model.links) have two kinds of link: not this fit's
+    return int(run.get("nodes") or 1) == 1
+
+
 def _judged(runs: dict[str, Any], name: str, min_bytes: int) -> list[tuple[dict, float, float]]:
-    return [(run, n, t) for run in runs.values() if int(run["ranks"]) >= 2
+    return [(run, n, t) for run in runs.values() if int(run["ranks"]) >= 2 and _single_node(run)
             for n, t in run.get("allreduce", {}).get(name, []) if n >= min_bytes and t > 0]
 
 
@@ -163,8 +169,10 @@ def compare(data: dict[str, Any], f: Fit) -> list[dict[str, Any]]:
     ``spread``: how far the measurement's own rounds lay apart (slowest / fastest - 1;
     None when the file has a single round or predates ``allreduce_rounds``)."""
     out = []
-    for key in sorted(data["runs"], key=int):
+    for key in sorted(data["runs"], key=lambda k: (int(data["runs"][k]["ranks"]), k)):
         run = data["runs"][key]
+        if not _single_node(run):
+            continue
         rounds = {name: {int(n): ts for n, ts in rows}
                   for name, rows in run.get("allreduce_rounds", {}).items()}
         for name, rows in run.get("allreduce", {}).items():
