@@ -18,10 +18,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/
 import hpcdl  # noqa: E402
 
-try:  # tests/helpers/ since the tests/ split; tests/ itself before
-    from helpers.numpy_reference import Failures, all_inputs, close, ops_for, reduce_reference
-except ImportError:
-    from numpy_reference import Failures, all_inputs, close, ops_for, reduce_reference
+from helpers.numpy_reference import (Failures, all_inputs, close, ops_for,  # noqa: E402
+                                     reduce_reference)
 
 ALGORITHMS = ("native", "chunked", "ring", "tree", "hierarchical", "auto")
 # float16/bfloat16 are left out: ring and tree round after every step and have their
