@@ -245,6 +245,7 @@ def init(comm: Any = None, timeout: float | None = None, *,
         # survivors can handle (hpcdl/ulfm.py); the Dup below inherits the handler.
         ulfm.make_fault_tolerant(MPI.COMM_WORLD)
         ulfm.make_fault_tolerant(base)
+        ulfm.guard_exit()   # after a failure, leave without MPI_Finalize (see hpcdl/ulfm.py)
 
         dup = base.Dup()
         wd_timeout = watchdog.resolve_timeout(timeout, rank=dup.Get_rank())
