@@ -157,11 +157,14 @@ def test_the_loader_hands_cupy_hpcdls_own_cubin(monkeypatch):
     fake.cuda = types.SimpleNamespace(Device=Device)
     fake.RawModule = RawModule
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(kernels, "_MODULES", {})
-    fn = kernels.get_kernel("reduce", "hpcdl_reduce<__half, 2>", 0)
-    want = _compile("reduce", "sm_80")
-    assert fn == ("function", want.lowered["hpcdl_reduce<__half, 2>"])
-    assert seen["image"] == want.image and "-ftz=false" in want.options
-    assert not os.path.exists(seen["path"])  # the temporary cubin is removed
-    with pytest.raises(KeyError, match="no kernel 'hpcdl_reduce<double, 0>'"):
-        kernels.get_kernel("reduce", "hpcdl_reduce<double, 0>", 0)
+    kernels.forget_modules()   # nothing loaded before counts, and nothing of the fake stays
+    try:
+        fn = kernels.get_kernel("reduce", "hpcdl_reduce<__half, 2>", 0)
+        want = _compile("reduce", "sm_80")
+        assert fn == ("function", want.lowered["hpcdl_reduce<__half, 2>"])
+        assert seen["image"] == want.image and "-ftz=false" in want.options
+        assert not os.path.exists(seen["path"])  # the temporary cubin is removed
+        with pytest.raises(KeyError, match="no kernel 'hpcdl_reduce<double, 0>'"):
+            kernels.get_kernel("reduce", "hpcdl_reduce<double, 0>", 0)
+    finally:
+        kernels.forget_modules()

@@ -17,10 +17,10 @@ Python entry points: :mod:`hpcdl.kernels.fusion` (device arrays), and
 :mod:`hpcdl.kernels.reference` (NumPy, the specification the GPU tests check).
 """
 
-from .loader import get_kernel, get_module
+from .loader import forget_modules, get_kernel, get_module
 from .sources import (CTYPES, KERNEL_DIR, NVRTC_OPTIONS, REDUCE_OPS, SOURCES, cuda_include_dirs,
                       instantiation_source, name_expressions, nvrtc_options, source)
 
 __all__ = ["KERNEL_DIR", "SOURCES", "CTYPES", "REDUCE_OPS", "NVRTC_OPTIONS", "name_expressions",
-           "source", "cuda_include_dirs", "nvrtc_options", "get_module", "get_kernel",
+           "source", "cuda_include_dirs", "nvrtc_options", "get_module", "get_kernel", "forget_modules",
            "instantiation_source"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from .nvrtc import compile_module
 
-__all__ = ["get_module", "get_kernel"]
+__all__ = ["get_module", "get_kernel", "forget_modules"]
 
 _MODULES: dict[tuple[int, str], tuple[Any, dict[str, str]]] = {}
 _LOCK = threading.Lock()
@@ -57,3 +57,10 @@ def get_kernel(module: str, name: str, device: int | None = None) -> Any:
     if name not in lowered:
         raise KeyError(f"{module}.cu has no kernel {name!r}; it has {sorted(lowered)}")
     return mod.get_function(lowered[name])
+
+
+def forget_modules() -> None:
+    """Drop every loaded module, so the next request compiles and loads again (tests that
+    swap in a stand-in CuPy; a process that changed its CUDA context)."""
+    with _LOCK:
+        _MODULES.clear()
