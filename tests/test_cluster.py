@@ -78,12 +78,14 @@ def test_job_scripts_run_across_the_nodes(script, env, tmp_path):
 def test_model_measure_fits_the_link_rate(tmp_path):
     # hpcdl model measure at 2x1 (n1, n2): the network ping-pong's fitted beta is the
     # shaped link's (within 20%: the headers' ~5% and the machine's noise)
+    # from 1 MiB up: below that, tbf bursts and scheduling on shared cores bend the fit
+    # (measured with 64 KiB..4 MiB: 0.62 and 0.67 of the link time on a quiet machine)
     rate = link_bits_per_s(os.environ["HPCDL_CLUSTER_LINK"])
     if os.environ.get("HPCDL_CLUSTER_SLOW_NODE") in ("1", "2"):
         pytest.skip("n1 or n2 is the slow node")
     out = tmp_path / "model.json"
     done = run_on_cluster("2x1", ["python", "-m", "hpcdl.model.measure_cli", "--sizes",
-                                  "65536,1048576,4194304", "--rounds", "1", "--budget", "0.01",
+                                  "1048576,4194304,16777216", "--rounds", "1", "--budget", "0.01",
                                   "--out", str(out)], timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     from hpcdl.model.links import fit_links
