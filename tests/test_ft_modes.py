@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from helpers.job_launch import run_bounded
 
 pytestmark = pytest.mark.spawns
 
@@ -51,20 +52,7 @@ def run_ft(n: int, out: Path, mode_args: list[str], kill: str | None = None,
                          "PYTHONUNBUFFERED") if k in env for a in ("-x", k)],
            sys.executable, "-m", "hpcdl.examples.train", "--threads", "1", "--out", str(out),
            "--epochs", "3", *mode_args, *(["--on-failure", "shrink"] if shrink else [])]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        so, se = proc.communicate(timeout=LIMIT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        so, se = proc.communicate(timeout=30)
-        se += f"\n(test: killed after {LIMIT_S} s)"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-    return subprocess.CompletedProcess(cmd, proc.returncode, so, se), time.monotonic() - start
+    return run_bounded(cmd, env, LIMIT_S)
 
 
 def metrics(out: Path) -> dict:

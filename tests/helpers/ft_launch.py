@@ -5,11 +5,11 @@ group (launcher and ranks alike), so no rank outlives the test."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from helpers.job_launch import run_bounded
 
 __all__ = ["launch_ft"]
 
@@ -23,18 +23,4 @@ def launch_ft(n: int, command: list[str], env: dict[str, str] | None = None,
     full.pop("HPCDL_TIMEOUT", None)
     full.update(env or {})
     cmd = [str(hpcdl_cli), "launch", "-n", str(n), "--ft", "--", *command]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
-        err += f"\n(test: killed after {limit} s)"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), \
-        time.monotonic() - start
+    return run_bounded(cmd, full, limit)

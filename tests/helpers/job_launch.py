@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["launch", "fell_asleep"]
+__all__ = ["launch", "run_bounded", "fell_asleep"]
 
 
 def launch(n: int, script: Path, kind: str, seconds: float, timeout_env: str | None,
@@ -29,6 +29,14 @@ def launch(n: int, script: Path, kind: str, seconds: float, timeout_env: str | N
     env.update(extra_env or {})
     cmd = [str(hpcdl_cli), "launch", "-n", str(n), "--", "python", str(script), kind,
            str(seconds)]
+    return run_bounded(cmd, env, limit)
+
+
+def run_bounded(cmd: list[str], env: dict[str, str], limit: float
+                ) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``cmd`` in its own session; still running after ``limit`` seconds (a hang), it
+    is killed by its process group, launcher and ranks alike, and its output returned
+    (rc -9). Returns the finished process and its wall time."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
