@@ -8,10 +8,11 @@ job_launch, which clears them for a clean local launch)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from helpers.job_launch import run_bounded
 
 __all__ = ["in_cluster", "cluster_nodes", "layout_args", "start_on_cluster", "run_on_cluster",
            "REPO"]
@@ -35,29 +36,23 @@ def layout_args(layout: str) -> tuple[int, list[str]]:
     return nodes * per_node, ["--map-by", f"ppr:{per_node}:node"]
 
 
-def start_on_cluster(layout: str, cmd: list[str], **popen: object) -> subprocess.Popen:
-    """Start ``hpcdl launch -n RANKS -- --map-by ppr:K:node -- CMD`` in its own process
-    group (stop it with ``os.killpg``)."""
+def _cluster_command(layout: str, cmd: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``hpcdl launch -n RANKS -- --map-by ppr:K:node -- CMD`` and its environment."""
     n, opts = layout_args(layout)
     hpcdl_cli = Path(sys.executable).parent / "hpcdl"
-    full = [str(hpcdl_cli), "launch", "-n", str(n), "--", *opts, "--", *cmd]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HPCDL_TIMEOUT", None)
+    return [str(hpcdl_cli), "launch", "-n", str(n), "--", *opts, "--", *cmd], env
+
+
+def start_on_cluster(layout: str, cmd: list[str], **popen: object) -> subprocess.Popen:
+    """Start CMD on the layout in its own process group (stop it with ``os.killpg``)."""
+    full, env = _cluster_command(layout, cmd)
     return subprocess.Popen(full, env=env, cwd=REPO, text=True, start_new_session=True, **popen)
 
 
 def run_on_cluster(layout: str, cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     """Run CMD on the layout to its end; a job still running after ``timeout`` s is killed
     by its process group and returned with rc -9."""
-    proc = start_on_cluster(layout, cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
-        err += f"\n(test: killed after {timeout} s)"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    full, env = _cluster_command(layout, cmd)
+    return run_bounded(full, env, timeout, cwd=REPO)[0]

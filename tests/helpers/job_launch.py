@@ -32,14 +32,14 @@ def launch(n: int, script: Path, kind: str, seconds: float, timeout_env: str | N
     return run_bounded(cmd, env, limit)
 
 
-def run_bounded(cmd: list[str], env: dict[str, str], limit: float
+def run_bounded(cmd: list[str], env: dict[str, str], limit: float, cwd: Path | None = None
                 ) -> tuple[subprocess.CompletedProcess, float]:
     """Run ``cmd`` in its own session; still running after ``limit`` seconds (a hang), it
     is killed by its process group, launcher and ranks alike, and its output returned
     (rc -9). Returns the finished process and its wall time."""
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
